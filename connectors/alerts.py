@@ -1,0 +1,175 @@
+"""Alert v1 parsing and validation: bytes in, an Alert or a Rejection out, never an exception.
+
+Pure Python (no pyflink), so the same code runs in the Flink job, in `python -m rules simulate`
+and in tests. Validation is the published JSON Schema (connectors/schemas/alert-v1.json),
+compiled once with fastjsonschema.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any, NamedTuple
+
+import fastjsonschema
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_RAW_BYTES = 4 * 1024  # how much of a rejected payload travels to the DLQ
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000  # event time may run ahead of the produce time by this much
+
+# The fixed vocabulary of rejection reasons (the `reason` field of DLQ records).
+REASONS = (
+    "empty",  # null or zero-length value
+    "too_large",  # payload over MAX_PAYLOAD_BYTES, rejected without parsing
+    "not_utf8",  # bytes that are not UTF-8 text
+    "not_json",  # text that is not one JSON document (or uses NaN/Infinity)
+    "schema",  # valid JSON that breaks alert v1; detail names field and problem
+    "unsupported_schema_version",  # schema_version other than 1
+    "event_time_in_future",  # event_time_ms later than the record's produce time + skew
+    "too_late",  # older than the dedupe horizon behind the watermark (decided in the job)
+    "invalid_decision",  # a moderator decision that is malformed or names nothing known
+)
+
+
+def _load_schema() -> dict[str, Any]:
+    text = resources.files("connectors").joinpath("schemas/alert-v1.json").read_text("utf-8")
+    return json.loads(text)
+
+
+ALERT_SCHEMA = _load_schema()
+_validate = fastjsonschema.compile(ALERT_SCHEMA)
+
+
+class Alert(NamedTuple):
+    alert_id: str
+    stream_id: str
+    user_id: str
+    detector_id: str
+    violation_type: str
+    confidence: float
+    event_time_ms: int
+    model_version: str | None = None
+    evidence: dict[str, Any] | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self._asdict().items() if v is not None}
+        out["schema_version"] = 1
+        return out
+
+
+class Source(NamedTuple):
+    """Where a record came from; all None for alerts that did not come from Kafka."""
+
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    timestamp_ms: int | None = None
+
+
+NO_SOURCE = Source()
+
+
+class Rejection(NamedTuple):
+    reason: str
+    detail: str
+    raw: bytes
+    size_bytes: int
+    source: Source = NO_SOURCE
+    user_id: str | None = None  # when known: lets the DLQ be keyed and searched by user
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _field_of(exc: fastjsonschema.JsonSchemaValueException, doc: Any) -> str:
+    path = [str(p) for p in (exc.path or [])[1:]]
+    if exc.rule == "required" and isinstance(exc.rule_definition, list) and isinstance(doc, dict):
+        missing = [f for f in exc.rule_definition if f not in doc]
+        return ",".join(path + missing) if len(missing) > 1 else ".".join(path + missing)
+    return ".".join(path) or "(document)"
+
+
+def _problem_of(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    rule = exc.rule
+    if rule == "required":
+        return "missing"
+    if rule == "type":
+        return f"must be {exc.rule_definition}"
+    if rule in ("minimum", "maximum"):
+        return f"out of range ({rule} {exc.rule_definition})"
+    if rule in ("minLength", "maxLength"):
+        return f"bad length ({rule} {exc.rule_definition})"
+    if rule == "pattern":
+        return f"does not match {exc.rule_definition}"
+    return exc.message.replace("data.", "").replace("data ", "")
+
+
+def parse_alert(
+    value: bytes | None,
+    source: Source = NO_SOURCE,
+    size_bytes: int | None = None,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
+) -> Alert | Rejection:
+    """Judge one Kafka record value. `size_bytes` is the original size when `value` was
+    already cut short upstream (the Java source cuts oversized payloads)."""
+    try:
+        return _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms)
+    except Exception as exc:  # noqa: BLE001 - a record must never stop the job
+        raw = bytes(value or b"")[:MAX_RAW_BYTES] if isinstance(value, (bytes, bytearray)) else b""
+        return Rejection("not_json", f"unparseable: {type(exc).__name__}", raw, len(raw), source)
+
+
+def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
+    if value is None or len(value) == 0:
+        return Rejection("empty", "record has no value", b"", 0, source)
+    value = bytes(value)
+    size = len(value) if size_bytes is None or size_bytes < 0 else size_bytes
+    if size > max_payload_bytes:
+        return Rejection(
+            "too_large", f"{size} bytes > limit {max_payload_bytes}", value[:MAX_RAW_BYTES], size, source
+        )
+    raw = value[:MAX_RAW_BYTES]
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection("not_utf8", f"invalid UTF-8 at byte {exc.start}", raw, size, source)
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        return Rejection("not_json", str(exc)[:200], raw, size, source)
+    user_id = doc.get("user_id") if isinstance(doc, dict) else None
+    user_id = user_id if isinstance(user_id, str) and user_id else None
+    if isinstance(doc, dict) and "schema_version" in doc and doc["schema_version"] != 1:
+        return Rejection(
+            "unsupported_schema_version",
+            f"schema_version {doc['schema_version']!r}; this job reads version 1",
+            raw, size, source, user_id,
+        )
+    try:
+        _validate(doc)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        detail = f"{_field_of(exc, doc)}: {_problem_of(exc)}"
+        return Rejection("schema", detail, raw, size, source, user_id)
+    event_time_ms = int(doc["event_time_ms"])
+    if source.timestamp_ms is not None and source.timestamp_ms >= 0:
+        if event_time_ms > source.timestamp_ms + max_future_skew_ms:
+            return Rejection(
+                "event_time_in_future",
+                f"event_time_ms {event_time_ms} is {event_time_ms - source.timestamp_ms} ms after "
+                f"the record was produced (limit {max_future_skew_ms} ms)",
+                raw, size, source, user_id,
+            )
+    evidence = doc.get("evidence")
+    return Alert(
+        alert_id=doc["alert_id"],
+        stream_id=doc["stream_id"],
+        user_id=doc["user_id"],
+        detector_id=doc["detector_id"],
+        violation_type=doc["violation_type"],
+        confidence=float(doc["confidence"]),
+        event_time_ms=event_time_ms,
+        model_version=doc.get("model_version"),
+        evidence=evidence if evidence else None,
+    )
