@@ -1,0 +1,180 @@
+"""Kafka source and sinks of the job, built on the official connector plus two small Java
+helpers of ours (connectors/java, compiled by scripts/setup.sh):
+
+- AlertRecordDeserializer hands Python (topic, partition, offset, timestamp, payload, size,
+  event_time_ms) so DLQ records can name where a bad record came from, cuts oversized payloads
+  before they reach Python, and lets the source emit per-partition watermarks with idleness;
+- KeyValueRowSerializer writes Row(key, value) with the user id as Kafka key.
+
+PyFlink's builders do not expose a record deserializer, so those two are set on the Java
+builders directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyflink.common import Duration, Types, WatermarkStrategy
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetsInitializer,
+    KafkaSink,
+    KafkaSource,
+)
+from pyflink.java_gateway import get_gateway
+
+from connectors.alerts import MAX_FUTURE_SKEW_MS, MAX_PAYLOAD_BYTES, MAX_RAW_BYTES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JAR_NAMES = ("flink-connector-kafka.jar", "kafka-clients.jar", "penalty-connectors.jar")
+
+# (topic, partition, offset, timestamp_ms, payload, size_bytes, event_time_ms): see the Java class.
+RAW_ALERT_TYPE = Types.ROW([
+    Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(),
+    Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG(),
+])
+KEY_VALUE_TYPE = Types.ROW([Types.STRING(), Types.STRING()])
+
+
+class ConnectorError(Exception):
+    """The Kafka connector is not usable as configured."""
+
+
+def jar_dir() -> Path:
+    return Path(os.environ.get("PENALTY_JAR_DIR", REPO_ROOT / ".cache" / "jars"))
+
+
+def jar_urls() -> list[str]:
+    urls = []
+    for name in JAR_NAMES:
+        path = jar_dir() / name
+        if not path.is_file():
+            raise ConnectorError(f"{path} is missing: run `bash scripts/setup.sh` (or `make setup`) first")
+        urls.append(path.resolve().as_uri())
+    return urls
+
+
+def _jvm():
+    return get_gateway().jvm
+
+
+def _java_class(name: str):
+    # The project's classes live in a jar added at run time: load through the context class
+    # loader PyFlink extends in env.add_jars(), not py4j's default lookup.
+    jvm = _jvm()
+    return jvm.java.lang.Thread.currentThread().getContextClassLoader().loadClass(name)
+
+
+def _new(name: str, *args):
+    cls = _java_class(name)
+    gateway = get_gateway()
+    ctors = cls.getConstructors()
+    for ctor in ctors:
+        if len(ctor.getParameterTypes()) == len(args):
+            jargs = gateway.new_array(gateway.jvm.java.lang.Object, len(args))
+            for i, (arg, ptype) in enumerate(zip(args, ctor.getParameterTypes())):
+                tname = ptype.getName()
+                if tname == "int":
+                    jargs[i] = gateway.jvm.java.lang.Integer(int(arg))
+                elif tname == "long":
+                    jargs[i] = gateway.jvm.java.lang.Long(int(arg))
+                else:
+                    jargs[i] = arg
+            return ctor.newInstance(jargs)
+    raise ConnectorError(f"no constructor of {name} takes {len(args)} arguments")
+
+
+def alert_source(
+    bootstrap_servers: str,
+    topic: str,
+    group_id: str,
+    starting: str = "committed",
+    bounded: bool = False,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
+    extra_properties: dict[str, str] | None = None,
+) -> KafkaSource:
+    """read_committed source of raw alert records; see RAW_ALERT_TYPE."""
+    if starting == "earliest":
+        offsets = KafkaOffsetsInitializer.earliest()
+    elif starting == "latest":
+        offsets = KafkaOffsetsInitializer.latest()
+    else:
+        from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy
+
+        offsets = KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(group_id)
+        .set_starting_offsets(offsets)
+        .set_property("isolation.level", "read_committed")
+        .set_property("client.id.prefix", group_id)
+        # Commit offsets on checkpoints so lag is visible to ordinary Kafka tooling.
+        .set_property("commit.offsets.on.checkpoint", "true")
+        .set_property("partition.discovery.interval.ms", "60000")
+    )
+    for key, value in (extra_properties or {}).items():
+        builder.set_property(key, value)
+    if bounded:
+        builder.set_bounded(KafkaOffsetsInitializer.latest())
+    deserializer = _new(
+        "penalty.connectors.AlertRecordDeserializer", max_payload_bytes, MAX_RAW_BYTES, max_future_skew_ms
+    )
+    builder._j_builder.setDeserializer(deserializer)
+    return builder.build()
+
+
+def alert_watermarks(max_out_of_orderness_ms: int, idleness_ms: int) -> WatermarkStrategy:
+    """Per-partition bounded out-of-orderness on event_time_ms (read in Java), with idleness so
+    an idle partition does not hold back timers."""
+    jvm = _jvm()
+    assigner = _new("penalty.connectors.RowEventTimeAssigner", 6)
+    j_strategy = (
+        jvm.org.apache.flink.api.common.eventtime.WatermarkStrategy
+        .forBoundedOutOfOrderness(jvm.java.time.Duration.ofMillis(max_out_of_orderness_ms))
+        .withTimestampAssigner(assigner)
+        .withIdleness(jvm.java.time.Duration.ofMillis(idleness_ms))
+    )
+    return WatermarkStrategy(j_strategy)
+
+
+def key_value_sink(
+    bootstrap_servers: str,
+    topic: str,
+    exactly_once: bool,
+    transactional_id_prefix: str,
+    transaction_timeout_ms: int,
+    extra_properties: dict[str, str] | None = None,
+) -> KafkaSink:
+    """Sink of Row(key, value) strings to one topic."""
+    builder = (
+        KafkaSink.builder()
+        .set_bootstrap_servers(bootstrap_servers)
+        .set_delivery_guarantee(
+            DeliveryGuarantee.EXACTLY_ONCE if exactly_once else DeliveryGuarantee.AT_LEAST_ONCE
+        )
+        .set_property("transaction.timeout.ms", str(transaction_timeout_ms))
+        .set_property("linger.ms", "5")
+        .set_property("compression.type", "none")
+    )
+    if exactly_once:
+        builder.set_transactional_id_prefix(transactional_id_prefix)
+    for key, value in (extra_properties or {}).items():
+        builder.set_property(key, value)
+    builder._j_builder.setRecordSerializer(_new("penalty.connectors.KeyValueRowSerializer", topic))
+    return builder.build()
+
+
+__all__ = [
+    "RAW_ALERT_TYPE",
+    "KEY_VALUE_TYPE",
+    "ConnectorError",
+    "alert_source",
+    "alert_watermarks",
+    "key_value_sink",
+    "jar_urls",
+    "Duration",
+]

@@ -1,0 +1,128 @@
+"""The job's one config object, built at the edge from CLI flags (and defaults)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from connectors.alerts import MAX_FUTURE_SKEW_MS, MAX_PAYLOAD_BYTES
+from rules.core import DAY_MS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RULES = REPO_ROOT / "rules" / "policies" / "default.yaml"
+
+# Topic -> partitions used by the local stack. Inputs are keyed by stream_id, outputs by user_id.
+TOPIC_PARTITIONS = {
+    "alerts": 4,
+    "alerts.dlq": 2,
+    "enforcement": 4,
+    "notifications": 4,
+    "audit": 4,
+    "review": 2,
+    "decisions": 2,
+}
+
+
+@dataclass(frozen=True)
+class Topics:
+    alerts: str = "alerts"
+    dlq: str = "alerts.dlq"
+    enforcement: str = "enforcement"
+    notifications: str = "notifications"
+    audit: str = "audit"
+    review: str = "review"
+    decisions: str = "decisions"
+
+    def prefixed(self, prefix: str) -> Topics:
+        return Topics(**{k: prefix + v for k, v in self.__dict__.items()})
+
+    def partitions(self) -> dict[str, int]:
+        return {name: TOPIC_PARTITIONS[default] for default, name in zip(Topics().__dict__.values(), self.__dict__.values())}
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    bootstrap_servers: str = "127.0.0.1:19092"
+    topics: Topics = field(default_factory=Topics)
+    group_id: str = "penalty-job"
+    rules_path: str = str(DEFAULT_RULES)
+    delivery: str = "exactly_once"  # or at_least_once: lower latency, consumers dedupe by id
+    starting_offsets: str = "committed"  # committed (falls back to earliest) | earliest | latest
+    bounded: bool = False  # stop at the offsets that are latest at start (tests, replays)
+    parallelism: int = 2
+    dedupe_horizon_ms: int = DAY_MS
+    incident_window_ms: int = 60_000
+    max_out_of_orderness_ms: int = 5_000
+    idleness_ms: int = 10_000
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
+    transactional_id_prefix: str = "penalty"
+    transaction_timeout_ms: int = 60_000  # must stay under the broker's max (900000 on noida-db)
+    flink_conf: tuple[tuple[str, str], ...] = ()  # overrides of flink-conf/config.yaml
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == "exactly_once"
+
+    def with_(self, **changes) -> JobConfig:
+        return replace(self, **changes)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = JobConfig()
+    parser.add_argument("--bootstrap-servers", default=d.bootstrap_servers)
+    parser.add_argument("--topic-prefix", default="", help="prefix for every topic name")
+    parser.add_argument("--group-id", default=d.group_id)
+    parser.add_argument("--rules", default=d.rules_path, help="policy YAML (validated before start)")
+    parser.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default=d.delivery)
+    parser.add_argument("--starting-offsets", choices=("committed", "earliest", "latest"), default=d.starting_offsets)
+    parser.add_argument("--bounded", action="store_true", help="stop at the end of the input present at start")
+    parser.add_argument("--parallelism", type=int, default=d.parallelism)
+    parser.add_argument("--dedupe-horizon-ms", type=int, default=d.dedupe_horizon_ms)
+    parser.add_argument("--incident-window-ms", type=int, default=d.incident_window_ms)
+    parser.add_argument("--max-out-of-orderness-ms", type=int, default=d.max_out_of_orderness_ms)
+    parser.add_argument("--idleness-ms", type=int, default=d.idleness_ms)
+    parser.add_argument("--transactional-id-prefix", default=d.transactional_id_prefix)
+    parser.add_argument("--transaction-timeout-ms", type=int, default=d.transaction_timeout_ms)
+    parser.add_argument("--checkpoint-interval-ms", type=int, help="override execution.checkpointing.interval")
+    parser.add_argument("--checkpoint-dir", help="override execution.checkpointing.dir (a path or file:// URI)")
+    parser.add_argument("--restore-from", help="checkpoint (chk-N) or savepoint directory to restore from")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any Flink setting of flink-conf/config.yaml")
+
+
+def from_args(args: argparse.Namespace) -> JobConfig:
+    conf: list[tuple[str, str]] = []
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--conf expects KEY=VALUE, got {item!r}")
+        conf.append((key.strip(), value.strip()))
+    if args.checkpoint_interval_ms is not None:
+        conf.append(("execution.checkpointing.interval", f"{args.checkpoint_interval_ms}ms"))
+    if args.checkpoint_dir:
+        conf.append(("execution.checkpointing.dir", _uri(args.checkpoint_dir)))
+    if args.restore_from:
+        conf.append(("execution.state-recovery.path", _uri(args.restore_from)))
+    return JobConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        topics=Topics().prefixed(args.topic_prefix),
+        group_id=args.group_id,
+        rules_path=args.rules,
+        delivery=args.delivery,
+        starting_offsets=args.starting_offsets,
+        bounded=args.bounded,
+        parallelism=args.parallelism,
+        dedupe_horizon_ms=args.dedupe_horizon_ms,
+        incident_window_ms=args.incident_window_ms,
+        max_out_of_orderness_ms=args.max_out_of_orderness_ms,
+        idleness_ms=args.idleness_ms,
+        transactional_id_prefix=args.transactional_id_prefix,
+        transaction_timeout_ms=args.transaction_timeout_ms,
+        flink_conf=tuple(conf),
+    )
+
+
+def _uri(path: str) -> str:
+    return path if "://" in path else Path(path).resolve().as_uri()

@@ -1,0 +1,63 @@
+"""Build a StreamExecutionEnvironment from flink-conf/config.yaml plus per-run overrides."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from connectors import kafka
+from jobs.config import REPO_ROOT, JobConfig
+
+FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
+# Cluster-only settings that make no sense inside the embedded mini-cluster.
+CLUSTER_ONLY = ("metrics.reporters", "metrics.reporter.", "jobmanager.", "taskmanager.memory.", "rest.")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        else:
+            out[name] = str(value)
+    return out
+
+
+def load_flink_conf(path: Path = FLINK_CONF) -> dict[str, str]:
+    with open(path, encoding="utf-8") as fh:
+        return flatten(yaml.safe_load(fh) or {})
+
+
+def settings_for(config: JobConfig, embedded: bool) -> dict[str, str]:
+    settings = load_flink_conf()
+    if embedded:
+        settings = {k: v for k, v in settings.items() if not k.startswith(CLUSTER_ONLY)}
+        settings["execution.checkpointing.dir"] = (REPO_ROOT / ".run" / "checkpoints").as_uri()
+        settings["execution.checkpointing.savepoint-dir"] = (REPO_ROOT / ".run" / "savepoints").as_uri()
+    settings["parallelism.default"] = str(config.parallelism)
+    # Thread mode runs Python inside the JVM: it must be this interpreter (the venv's).
+    settings["python.executable"] = sys.executable
+    settings["python.client.executable"] = sys.executable
+    settings.update(dict(config.flink_conf))
+    return settings
+
+
+def create_env(config: JobConfig, embedded: bool = True):
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    # The Java side of PyFlink must see the venv (pemja) in thread mode.
+    os.environ.setdefault("VIRTUAL_ENV", str(Path(sys.executable).parent.parent))
+    conf = Configuration()
+    for key, value in settings_for(config, embedded).items():
+        conf.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(config.parallelism)
+    env.add_jars(*kafka.jar_urls())
+    return env

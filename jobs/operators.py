@@ -1,0 +1,143 @@
+"""Thin Flink adapters around the pure core: load state, call the core, store state, set the
+one timer the core asks for, emit what it returned. No decision logic lives here."""
+
+from __future__ import annotations
+
+import json
+
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import ValueStateDescriptor
+
+from connectors.alerts import REASONS, Alert, Source, parse_alert
+from connectors.kafka import KEY_VALUE_TYPE
+from rules.core import CoreConfig, PenaltyCore
+from rules.ledger import UserState
+from rules.loader import parse_policy
+from rules.records import Output, dead_letter
+
+# alert_id, stream_id, user_id, detector_id, violation_type, confidence, event_time_ms,
+# model_version, evidence (JSON text)
+ALERT_ROW_TYPE = Types.ROW([
+    Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(),
+    Types.DOUBLE(), Types.LONG(), Types.STRING(), Types.STRING(),
+])
+USER_KEY_FIELD = 2
+
+DLQ_TAG = OutputTag("dlq", KEY_VALUE_TYPE)
+NOTIFICATION_TAG = OutputTag("notifications", KEY_VALUE_TYPE)
+AUDIT_TAG = OutputTag("audit", KEY_VALUE_TYPE)
+REVIEW_TAG = OutputTag("review", KEY_VALUE_TYPE)
+SIDE_TAGS = {"dlq": DLQ_TAG, "notification": NOTIFICATION_TAG, "audit": AUDIT_TAG, "review": REVIEW_TAG}
+
+
+def encode_record(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+
+def alert_to_row(alert: Alert) -> Row:
+    evidence = json.dumps(alert.evidence, separators=(",", ":"), sort_keys=True) if alert.evidence else None
+    return Row(alert.alert_id, alert.stream_id, alert.user_id, alert.detector_id, alert.violation_type,
+               alert.confidence, alert.event_time_ms, alert.model_version, evidence)
+
+
+def row_to_alert(row) -> Alert:
+    evidence = row[8]
+    return Alert(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+                 json.loads(evidence) if evidence else None)
+
+
+def emit(output: Output):
+    """Route one core output: enforcement is the main output, the rest go to side outputs."""
+    row = Row(output.key, encode_record(output.record))
+    if output.kind == "enforcement":
+        return row
+    return SIDE_TAGS[output.kind], row
+
+
+class ParseAlerts(ProcessFunction):
+    """Raw Kafka record -> alert row, or a DLQ record naming reason and source position."""
+
+    def __init__(self, max_payload_bytes: int, max_future_skew_ms: int):
+        self.max_payload_bytes = max_payload_bytes
+        self.max_future_skew_ms = max_future_skew_ms
+
+    def open(self, runtime_context: RuntimeContext):
+        group = runtime_context.get_metrics_group()
+        self.alerts_in = group.counter("alerts_in")
+        self.alerts_valid = group.counter("alerts_valid")
+        self.rejected = {r: group.add_group("reason", r).counter("alerts_rejected") for r in REASONS}
+
+    def process_element(self, value, ctx: ProcessFunction.Context):
+        topic, partition, offset, timestamp_ms, payload, size, _ = value
+        self.alerts_in.inc()
+        source = Source(topic, partition, offset, timestamp_ms)
+        result = parse_alert(payload, source, size, self.max_payload_bytes, self.max_future_skew_ms)
+        if isinstance(result, Alert):
+            self.alerts_valid.inc()
+            yield alert_to_row(result)
+            return
+        self.rejected[result.reason].inc()
+        yield emit(dead_letter(
+            reason=result.reason, detail=result.detail, raw=result.raw, size_bytes=result.size_bytes,
+            topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
+        ))
+
+
+class PenaltyFunction(KeyedProcessFunction):
+    """Keyed by user_id: dedupe, incidents, strike ledger and rules in one state value per user."""
+
+    def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig):
+        self.policy_bytes = policy_bytes
+        self.policy_file = policy_file
+        self.core_config = core_config
+
+    def open(self, runtime_context: RuntimeContext):
+        policy = parse_policy(self.policy_bytes, self.policy_file)
+        self.core = PenaltyCore(policy, self.core_config)
+        self.state = runtime_context.get_state(ValueStateDescriptor("user-state", Types.STRING()))
+        self.metrics = runtime_context.get_metrics_group()
+        self.counters = {}
+
+    def _count(self, events):
+        for name in events:
+            counter = self.counters.get(name)
+            if counter is None:
+                counter = self.counters[name] = self._new_counter(name)
+            counter.inc()
+
+    def _new_counter(self, name: str):
+        # "action.ban" -> group action=ban, counter "decisions"; "duplicate" -> counter "duplicate".
+        group, sep, value = name.partition(".")
+        if sep:
+            return self.metrics.add_group(group, value).counter("decisions")
+        return self.metrics.counter(name)
+
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        previous = UserState.decode(self.state.value())
+        step = self.core.on_alert(previous, row_to_alert(value), ctx.timer_service().current_watermark())
+        yield from self._apply(previous, step, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        previous = UserState.decode(self.state.value())
+        step = self.core.on_timer(previous, ctx.get_current_key(), timestamp)
+        yield from self._apply(previous, step, ctx)
+
+    def _apply(self, previous, step, ctx):
+        if step.state is not previous:
+            if step.state is None:
+                self.state.clear()
+            else:
+                self.state.update(step.state.encode())
+        # One timer per user, at the next expiry: move it when the core's answer changes.
+        old_wake = previous.next_wake_ms() if previous is not None else None
+        new_wake = step.state.next_wake_ms() if step.state is not None else None
+        if old_wake != new_wake:
+            timers = ctx.timer_service()
+            if old_wake is not None:
+                timers.delete_event_time_timer(old_wake)
+            if new_wake is not None:
+                timers.register_event_time_timer(new_wake)
+        self._count(step.events)
+        for output in step.outputs:
+            yield emit(output)

@@ -1,0 +1,276 @@
+"""The decision core: one user's state + one alert (or one timer) -> new state + output records.
+
+Pure and deterministic: no wall clock, no I/O, no pyflink. The Flink operator
+(jobs/operators.py) and `python -m rules simulate` both call exactly this.
+
+Semantics, in order, for an alert:
+1. too late: an alert older than the dedupe horizon behind the watermark cannot be deduplicated
+   any more, so it goes to the DLQ (reason too_late) instead of risking a second strike;
+2. exact dedupe: an alert_id seen within the horizon is a retry and is dropped (counted);
+3. incident merge: an alert for the same (stream, violation type) within the incident window
+   of an incident's first alert joins that incident; it may only upgrade the decision
+   (dismiss -> review -> enforce), never add a second strike;
+4. decision: category by type, band by confidence, ladder rung by active strike points
+   (this strike included) at the alert's event time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from connectors.alerts import Alert
+from rules import records
+from rules.ledger import Incident, Strike, UserState
+from rules.model import DECISION_RANK, Action, Band, Category, Policy
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    dedupe_horizon_ms: int = DAY_MS  # also the allowed lateness
+    incident_window_ms: int = 60_000
+
+
+class Step(NamedTuple):
+    state: UserState | None  # None: the user has nothing left; clear the keyed state
+    outputs: list[records.Output]
+    events: list[str]  # what happened, for metrics: "duplicate", "merged", "action.ban", ...
+
+
+def next_user_version(state: UserState, time_ms: int) -> int:
+    # Scaled event time keeps versions increasing even after a user's state was cleared and
+    # rebuilt; the +1 keeps them strictly increasing within one state.
+    return max(state.user_version + 1, time_ms * 1000)
+
+
+class PenaltyCore:
+    def __init__(self, policy: Policy, config: CoreConfig = CoreConfig()):
+        self.policy = policy
+        self.config = config
+
+    # ----------------------------------------------------------------- alerts
+    def on_alert(self, state: UserState | None, alert: Alert, watermark_ms: int | None = None) -> Step:
+        t = alert.event_time_ms
+        horizon = self.config.dedupe_horizon_ms
+        if watermark_ms is not None and t + horizon <= watermark_ms:
+            out = records.dead_letter(
+                reason="too_late",
+                detail=f"event_time_ms {t} is {watermark_ms - t} ms behind the watermark "
+                f"(limit {horizon} ms): it can no longer be deduplicated safely; replay it by hand",
+                raw=records_json(alert), size_bytes=len(records_json(alert)),
+                topic=None, partition=None, offset=None, timestamp_ms=None, user_id=alert.user_id,
+            )
+            return Step(state, [out], ["too_late"])
+        current = state or UserState()
+        if alert.alert_id in current.seen:
+            return Step(state, [], ["duplicate"])
+        seen = dict(current.seen)
+        seen[alert.alert_id] = t + horizon
+        current = current.with_(seen=seen)
+
+        category = self.policy.category_for(alert.violation_type)
+        band = category.band_for(alert.confidence) if category else self.policy.unknown_types
+        incident = self._open_incident(current, alert)
+        if incident is None:
+            incident = Incident(
+                incident_id=records.incident_id(alert.user_id, alert.stream_id, alert.violation_type, alert.alert_id),
+                stream_id=alert.stream_id,
+                violation_type=alert.violation_type,
+                start_ms=t,
+                decision=band.decision,
+                rule_id=band.id,
+                alert_ids=(alert.alert_id,),
+                max_confidence=alert.confidence,
+                retain_until_ms=t + self.config.incident_window_ms + horizon,
+            )
+            current = current.with_(incidents=current.incidents + (incident,))
+            return self._decide(current, alert, incident, category, band, cause="alert")
+
+        merged = incident._replace(
+            alert_ids=incident.alert_ids + (alert.alert_id,),
+            max_confidence=max(incident.max_confidence, alert.confidence),
+        )
+        if DECISION_RANK[band.decision] <= DECISION_RANK[incident.decision]:
+            current = _replace_incident(current, merged)
+            out = records.audit(
+                kind="merge", user_id=alert.user_id, cause=alert.alert_id, event_time_ms=t,
+                outcome="merged", rule_id=incident.rule_id, policy_name=self.policy.name,
+                policy_version=self.policy.version, incident_id=incident.incident_id,
+                alert_ids=list(merged.alert_ids),
+                detail={"detector_id": alert.detector_id, "confidence": alert.confidence,
+                        "incident_decision": incident.decision},
+            )
+            return Step(current, [out], ["merged"])
+        upgraded = merged._replace(decision=band.decision, rule_id=band.id)
+        current = _replace_incident(current, upgraded)
+        step = self._decide(current, alert, upgraded, category, band, cause="upgrade")
+        return Step(step.state, step.outputs, ["merged", "upgraded"] + step.events)
+
+    def _open_incident(self, state: UserState, alert: Alert) -> Incident | None:
+        window = self.config.incident_window_ms
+        for incident in state.incidents:
+            if (
+                incident.stream_id == alert.stream_id
+                and incident.violation_type == alert.violation_type
+                and abs(alert.event_time_ms - incident.start_ms) < window
+            ):
+                return incident
+        return None
+
+    def _decide(self, state: UserState, alert: Alert, incident: Incident, category: Category | None,
+                band: Band, cause: str) -> Step:
+        t = alert.event_time_ms
+        before = state.summary(t)
+        common = dict(user_id=alert.user_id, event_time_ms=t, policy_name=self.policy.name,
+                      policy_version=self.policy.version, incident_id=incident.incident_id,
+                      alert_ids=list(incident.alert_ids))
+        cause_id = f"{cause}:{alert.alert_id}"
+        if band.decision == "dismiss":
+            out = records.audit(kind="dismissal", cause=cause_id, outcome="dismissed", rule_id=band.id,
+                                ledger_before=before, ledger_after=before,
+                                detail={"confidence": alert.confidence}, **common)
+            return Step(state, [out], ["dismissed", f"rule.{band.id}"])
+        if state.banned:
+            out = records.audit(kind="decision", cause=cause_id, outcome="suppressed_banned", rule_id=band.id,
+                                ledger_before=before, ledger_after=before,
+                                detail={"decision": band.decision, "confidence": alert.confidence}, **common)
+            return Step(state, [out], ["suppressed_banned", f"rule.{band.id}"])
+        if band.decision == "review":
+            return self._review(state, alert, incident, band, before, cause_id, common)
+        assert category is not None  # unknown types never enforce (checked by the loader)
+        return self._enforce(state, alert, incident, category, band, before, cause_id, common)
+
+    def _review(self, state, alert, incident, band, before, cause_id, common) -> Step:
+        outputs: list[records.Output] = []
+        state, enforcement = self._apply_actions(state, alert, incident, band.actions, band.id, 0, cause_id)
+        outputs += enforcement
+        outputs.append(records.review(
+            user_id=alert.user_id, stream_id=alert.stream_id, incident_id=incident.incident_id,
+            violation_type=alert.violation_type, priority=band.priority, alert_ids=list(incident.alert_ids),
+            max_confidence=incident.max_confidence,
+            evidence=[{"alert_id": alert.alert_id, "detector_id": alert.detector_id,
+                       "confidence": alert.confidence, "model_version": alert.model_version,
+                       "evidence": alert.evidence}],
+            rule_id=band.id, policy_version=self.policy.version,
+            actions_taken=[a.describe() for a in band.actions], event_time_ms=alert.event_time_ms,
+        ))
+        outputs.append(records.notification(
+            user_id=alert.user_id, recipient_role="moderator", recipient_id=f"queue:{band.priority}",
+            channel="in_app", topic="review_request", incident_id=incident.incident_id,
+            violation_type=alert.violation_type, actions=[], penalty_ids=[], appealable=False,
+            event_time_ms=alert.event_time_ms, rule_id=band.id,
+        ))
+        outputs += self._streamer_notifications(alert, incident, enforcement, band.id, appealable=False)
+        after = state.summary(alert.event_time_ms)
+        outputs.append(records.audit(kind="decision", cause=cause_id, outcome="review", rule_id=band.id,
+                                     ledger_before=before, ledger_after=after,
+                                     detail={"priority": band.priority, "confidence": alert.confidence,
+                                             "actions": [a.describe() for a in band.actions]},
+                                     **common))
+        return Step(state, outputs, ["review", f"rule.{band.id}"] + [f"action.{a.kind}" for a in band.actions])
+
+    def _enforce(self, state, alert, incident, category, band, before, cause_id, common) -> Step:
+        t = alert.event_time_ms
+        strike = Strike(incident.incident_id, category.name, alert.violation_type, category.points, t,
+                        t + category.strike_expiry_ms, band.id)
+        state = state.with_(strikes=state.strikes + (strike,))
+        points = state.strike_points(category.counts_strikes_of, t)
+        rung = category.rung_for(points)
+        state, enforcement = self._apply_actions(state, alert, incident, rung.actions, rung.id, points, cause_id)
+        outputs = list(enforcement)
+        outputs += self._streamer_notifications(alert, incident, enforcement, rung.id, appealable=True)
+        after = state.summary(t)
+        outputs.append(records.audit(kind="decision", cause=cause_id, outcome="enforced", rule_id=rung.id,
+                                     ledger_before=before, ledger_after=after,
+                                     detail={"band": band.id, "confidence": alert.confidence,
+                                             "strike_points": points,
+                                             "actions": [a.describe() for a in rung.actions]},
+                                     **common))
+        return Step(state, outputs, ["enforced", f"rule.{rung.id}"] + [f"action.{a.kind}" for a in rung.actions])
+
+    def _apply_actions(self, state: UserState, alert: Alert, incident: Incident, actions: tuple[Action, ...],
+                       rule_id: str, points: int, cause_id: str) -> tuple[UserState, list[records.Output]]:
+        t = alert.event_time_ms
+        outputs = []
+        for action in actions:
+            until_ms = None
+            if action.kind == "suspend":
+                # A suspension only ever extends to the later end.
+                until_ms = max(state.suspended_until_ms, t + (action.duration_ms or 0))
+                state = state.with_(suspended_until_ms=until_ms)
+            elif action.kind == "ban":
+                state = state.with_(banned=True)
+            version = next_user_version(state, t)
+            state = state.with_(user_version=version)
+            outputs.append(records.enforcement(
+                user_id=alert.user_id, stream_id=alert.stream_id, action=action.kind, until_ms=until_ms,
+                incident_id=incident.incident_id, violation_type=alert.violation_type, rule_id=rule_id,
+                policy_name=self.policy.name, policy_version=self.policy.version, user_version=version,
+                event_time_ms=t, active_strikes=points, cause=cause_id,
+            ))
+        return state, outputs
+
+    def _streamer_notifications(self, alert, incident, enforcement, rule_id, appealable) -> list[records.Output]:
+        if not enforcement:
+            return []
+        actions = [{"action": o.record["action"], "until_ms": o.record["until_ms"]} for o in enforcement]
+        penalty_ids = [o.record["penalty_id"] for o in enforcement]
+        return [
+            records.notification(
+                user_id=alert.user_id, recipient_role="streamer", recipient_id=alert.user_id, channel=channel,
+                topic="penalty", incident_id=incident.incident_id, violation_type=alert.violation_type,
+                actions=actions, penalty_ids=penalty_ids, appealable=appealable,
+                event_time_ms=alert.event_time_ms, rule_id=rule_id,
+            )
+            for channel in ("in_app", "email")
+        ]
+
+    # ----------------------------------------------------------------- timers
+    def on_timer(self, state: UserState | None, user_id: str, now_ms: int) -> Step:
+        """Expire what is due at event time `now_ms` (the watermark passed it)."""
+        if state is None:
+            return Step(None, [], [])
+        outputs: list[records.Output] = []
+        events: list[str] = []
+        kept: list[Strike] = []
+        current = state
+        for strike in state.strikes:
+            if strike.expires_at_ms > now_ms:
+                kept.append(strike)
+                continue
+            if strike.voided:
+                continue
+            before = current.summary(strike.expires_at_ms)
+            current = current.with_(strikes=tuple(s for s in current.strikes if s is not strike))
+            outputs.append(records.audit(
+                kind="strike_expired", user_id=user_id, cause=strike.incident_id,
+                event_time_ms=strike.expires_at_ms, outcome="expired", rule_id=strike.rule_id,
+                policy_name=self.policy.name, policy_version=self.policy.version,
+                incident_id=strike.incident_id, ledger_before=before,
+                ledger_after=current.summary(strike.expires_at_ms),
+                detail={"category": strike.category, "violation_type": strike.violation_type,
+                        "strike_event_time_ms": strike.event_time_ms},
+            ))
+            events.append("strike_expired")
+        current = current.with_(
+            strikes=tuple(kept),
+            incidents=tuple(i for i in state.incidents if i.retain_until_ms > now_ms),
+            seen={a: forget for a, forget in state.seen.items() if forget > now_ms},
+        )
+        if current.suspended_until_ms and current.suspended_until_ms <= now_ms and not current.banned:
+            current = current.with_(suspended_until_ms=0)
+        return Step(None if current.is_empty_at(now_ms) else current, outputs, events)
+
+
+def _replace_incident(state: UserState, incident: Incident) -> UserState:
+    return state.with_(incidents=tuple(
+        incident if i.incident_id == incident.incident_id else i for i in state.incidents
+    ))
+
+
+def records_json(alert: Alert) -> bytes:
+    import json
+
+    return json.dumps(alert.to_json_dict(), separators=(",", ":"), sort_keys=True).encode("utf-8")
