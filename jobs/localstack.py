@@ -105,7 +105,8 @@ def start_broker(port: int, data_dir: Path, timeout_s: float = 30.0) -> Service:
     service = Service("kafka", port, proc.pid, proc)
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "socket.timeout.ms": 2000})
+    # log_level 0: "connection refused" while the broker starts is expected, not worth a line.
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "socket.timeout.ms": 2000, "log_level": 0})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -9,8 +9,10 @@ Every source, stateful operator and sink has a fixed uid: changing one breaks sa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pyflink.common import Types
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from connectors import kafka
 from jobs.config import JobConfig
@@ -38,15 +40,17 @@ UIDS = {
 }
 
 
-def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str) -> None:
-    topics = config.topics
-    source = kafka.alert_source(
-        config.bootstrap_servers, topics.alerts, config.group_id, config.starting_offsets, config.bounded,
-        config.max_payload_bytes, config.max_future_skew_ms,
-    )
-    raw = env.from_source(
-        source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms), "alerts source"
-    ).uid(UIDS["source"])
+class Outputs(NamedTuple):
+    enforcement: DataStream
+    notifications: DataStream
+    audit: DataStream
+    review: DataStream
+    dlq: DataStream
+
+
+def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file: str) -> Outputs:
+    """Raw alert records (RAW_ALERT_TYPE, with event-time timestamps) -> the five output streams
+    of Row(key, value). Shared by the Kafka job and the mini-cluster tests."""
     parsed = (
         raw.process(ParseAlerts(config.max_payload_bytes, config.max_future_skew_ms), output_type=ALERT_ROW_TYPE)
         .uid(UIDS["parse"]).name("parse and validate alerts")
@@ -57,6 +61,25 @@ def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_by
         .process(PenaltyFunction(policy_bytes, policy_file, core_config), output_type=kafka.KEY_VALUE_TYPE)
         .uid(UIDS["penalty"]).name("penalty decisions")
     )
+    return Outputs(
+        enforcement=decided,
+        notifications=decided.get_side_output(NOTIFICATION_TAG),
+        audit=decided.get_side_output(AUDIT_TAG),
+        review=decided.get_side_output(REVIEW_TAG),
+        dlq=parsed.get_side_output(DLQ_TAG).union(decided.get_side_output(DLQ_TAG)),
+    )
+
+
+def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str) -> None:
+    topics = config.topics
+    source = kafka.alert_source(
+        config.bootstrap_servers, topics.alerts, config.group_id, config.starting_offsets, config.bounded,
+        config.max_payload_bytes, config.max_future_skew_ms,
+    )
+    raw = env.from_source(
+        source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms), "alerts source"
+    ).uid(UIDS["source"])
+    outputs = decide(raw, config, policy_bytes, policy_file)
 
     def sink(stream, name: str, topic: str) -> None:
         stream.sink_to(kafka.key_value_sink(
@@ -64,8 +87,8 @@ def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_by
             f"{config.transactional_id_prefix}-{name}", config.transaction_timeout_ms,
         )).uid(UIDS[name]).name(f"{name} sink")
 
-    sink(decided, "enforcement", topics.enforcement)
-    sink(decided.get_side_output(NOTIFICATION_TAG), "notifications", topics.notifications)
-    sink(decided.get_side_output(AUDIT_TAG), "audit", topics.audit)
-    sink(decided.get_side_output(REVIEW_TAG), "review", topics.review)
-    sink(parsed.get_side_output(DLQ_TAG).union(decided.get_side_output(DLQ_TAG)), "dlq", topics.dlq)
+    sink(outputs.enforcement, "enforcement", topics.enforcement)
+    sink(outputs.notifications, "notifications", topics.notifications)
+    sink(outputs.audit, "audit", topics.audit)
+    sink(outputs.review, "review", topics.review)
+    sink(outputs.dlq, "dlq", topics.dlq)

@@ -242,7 +242,7 @@ class PenaltyCore:
                 continue
             if strike.voided:
                 continue
-            before = current.summary(strike.expires_at_ms)
+            before = current.summary(strike.expires_at_ms - 1)  # the last instant it counted
             current = current.with_(strikes=tuple(s for s in current.strikes if s is not strike))
             outputs.append(records.audit(
                 kind="strike_expired", user_id=user_id, cause=strike.incident_id,

@@ -1,0 +1,29 @@
+# Every target does its own set-up (scripts/setup.sh is idempotent and fast on a second run).
+PY := .venv/bin/python
+ARGS ?=
+
+.PHONY: setup run test test-fast bench stack stop clean lint
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup  ## the job on the embedded default (mini-cluster + local broker + Redis) with demo traffic
+	@$(PY) -m jobs.run_local $(ARGS)
+
+test: setup  ## the whole suite: pure, mini-cluster and real-stack tests
+	@$(PY) -m pytest -q $(ARGS)
+
+test-fast: setup  ## pure tests only (no JVM, no broker)
+	@$(PY) -m pytest -q -m "not minicluster and not stack" $(ARGS)
+
+stack: setup  ## broker + Redis in the background on 19092 / 16379
+	@$(PY) -m jobs.localstack up
+
+stop:  ## stop what `make stack` or an interrupted run left behind
+	@if [ -x $(PY) ]; then $(PY) -m jobs.localstack down; fi
+
+lint: setup
+	@.venv/bin/ruff check . 2>/dev/null || echo "ruff is in the dev extra: .venv/bin/pip install -e '.[dev]'"
+
+clean: stop  ## remove venv, caches, jars, broker data and checkpoints
+	rm -rf .venv .cache .run *.egg-info .pytest_cache

@@ -1,0 +1,129 @@
+"""Command line for rule authors.
+
+    python -m rules validate PATH...                       exit 0 ok, 2 with every problem
+    python -m rules simulate --rules PATH --alerts FILE    one JSON line per output record
+    python -m rules catalog                                the vocabulary of the YAML format
+
+The output of `simulate` is a contract: the job's operator runs the same core, and tests compare
+the two record for record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rules import loader, simulate
+from rules.model import ACTIONS, DECISIONS, PRIORITIES
+
+DEFAULT_RULES = Path(__file__).parent / "policies" / "default.yaml"
+
+
+def cmd_validate(args) -> int:
+    failed = False
+    for path in args.paths:
+        try:
+            policy = loader.load_policy(path)
+        except loader.RuleFileError as exc:
+            failed = True
+            for problem in exc.problems:
+                print(problem)
+            continue
+        except OSError as exc:
+            failed = True
+            print(f"{path}:0: cannot read the file: {exc.strerror}")
+            continue
+        rules = sum(len(c.bands) + len(c.ladder) for c in policy.categories)
+        types = sum(len(c.types) for c in policy.categories)
+        print(f"{path}: ok: rule set {policy.name!r} {policy.version}, {len(policy.categories)} categories, "
+              f"{types} violation types, {rules} rules")
+    return 2 if failed else 0
+
+
+def cmd_simulate(args) -> int:
+    try:
+        policy = loader.load_policy(args.rules)
+    except loader.RuleFileError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        source = sys.stdin.buffer if args.alerts == "-" else open(args.alerts, "rb")
+    except OSError as exc:
+        print(f"{args.alerts}: cannot read the file: {exc.strerror}", file=sys.stderr)
+        return 2
+    config = simulate.core_config(args.dedupe_horizon_ms, args.incident_window_ms)
+    with source:
+        lines = list(source)
+    out = sys.stdout
+    for line in simulate.run(policy, lines, config, drain=not args.no_drain):
+        out.write(line)
+        out.write("\n")
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    catalog = {
+        "file": {k: v for k, v in loader.TOP_KEYS.items()},
+        "category": dict(loader.CATEGORY_KEYS),
+        "band": dict(loader.BAND_KEYS),
+        "unknown_types": dict(loader.UNKNOWN_KEYS),
+        "ladder_rung": dict(loader.RUNG_KEYS),
+        "decisions": {
+            "enforce": "add a strike and apply the ladder rung for the active strikes",
+            "review": "send to human review (no strike yet); optional immediate actions",
+            "dismiss": "no action; audited as dismissed",
+        },
+        "priorities": list(PRIORITIES),
+        "actions": {name: {"parameter": spec.param, "description": spec.description,
+                           "allowed_on_review_band": spec.on_review} for name, spec in ACTIONS.items()},
+        "durations": "integer + unit: ms, s, m, h, d, w (e.g. 90d, 24h)",
+        "alert_fields": ["alert_id", "stream_id", "user_id", "detector_id", "violation_type",
+                         "confidence", "event_time_ms", "model_version", "evidence", "schema_version"],
+    }
+    assert tuple(catalog["decisions"]) == tuple(reversed(DECISIONS))
+    if args.json:
+        print(json.dumps(catalog, indent=2, sort_keys=True))
+        return 0
+    for section, entries in catalog.items():
+        print(f"{section}:")
+        if isinstance(entries, dict):
+            for key, value in entries.items():
+                if isinstance(value, dict):
+                    value = f"{value['description']} (parameter: {value['parameter'] or '-'}" \
+                            f"{', also on review bands' if value['allowed_on_review_band'] else ''})"
+                print(f"  {key:<18} {value}")
+        elif isinstance(entries, list):
+            print("  " + ", ".join(entries))
+        else:
+            print(f"  {entries}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rules", description="rule author tools")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("validate", help="check rule files; exit 2 with every problem as file:line")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("simulate", help="run the job's decision core over alert v1 JSON lines")
+    p.add_argument("--rules", default=str(DEFAULT_RULES))
+    p.add_argument("--alerts", required=True, help="alert v1 JSON lines file, or - for stdin")
+    p.add_argument("--dedupe-horizon-ms", type=int, default=None)
+    p.add_argument("--incident-window-ms", type=int, default=None)
+    p.add_argument("--no-drain", action="store_true",
+                   help="do not fire the pending strike-expiry timers at the end of input")
+    p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("catalog", help="print the vocabulary of the rule format")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_catalog)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `... | head`
+        sys.exit(0)

@@ -1,0 +1,57 @@
+"""Shared fixtures: alert factories, the default policy, and the local stack on free ports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from connectors.alerts import Alert
+from rules.core import CoreConfig, PenaltyCore
+from rules.loader import load_policy
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_RULES = REPO / "rules" / "policies" / "default.yaml"
+T0_MS = 1_700_000_000_000
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
+def make_alert(**overrides) -> Alert:
+    fields = dict(alert_id="a-1", stream_id="s-1", user_id="u-1", detector_id="det-1",
+                  violation_type="hate_speech", confidence=0.95, event_time_ms=T0_MS)
+    fields.update(overrides)
+    return Alert(**fields)
+
+
+def alert_doc(**overrides) -> dict:
+    return make_alert(**overrides).to_json_dict()
+
+
+def alert_bytes(**overrides) -> bytes:
+    return json.dumps(alert_doc(**overrides)).encode()
+
+
+@pytest.fixture(scope="session")
+def policy():
+    return load_policy(DEFAULT_RULES)
+
+
+@pytest.fixture
+def core(policy):
+    return PenaltyCore(policy, CoreConfig())
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """noida-db + redis-server on free loopback ports for the whole session."""
+    from jobs import localstack
+
+    data_dir = Path(tempfile.mkdtemp(prefix="penalty-stack-"))
+    running = localstack.start_stack(data_dir)
+    yield running
+    running.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
