@@ -85,6 +85,21 @@ def _new(name: str, *args):
     raise ConnectorError(f"no constructor of {name} takes {len(args)} arguments")
 
 
+def _committed_or_earliest() -> KafkaOffsetsInitializer:
+    # PyFlink's KafkaOffsetResetStrategy names a shaded class the 4.0 connector no longer has;
+    # build the initializer in Java through the class loader that holds the connector jar.
+    gateway = get_gateway()
+    strategy_cls = _java_class("org.apache.kafka.clients.consumer.OffsetResetStrategy")
+    earliest = strategy_cls.getField("EARLIEST").get(None)
+    initializers = _java_class("org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer")
+    param_types = gateway.new_array(gateway.jvm.java.lang.Class, 1)
+    param_types[0] = strategy_cls
+    args = gateway.new_array(gateway.jvm.java.lang.Object, 1)
+    args[0] = earliest
+    j_initializer = initializers.getMethod("committedOffsets", param_types).invoke(None, args)
+    return KafkaOffsetsInitializer(j_initializer)
+
+
 def alert_source(
     bootstrap_servers: str,
     topic: str,
@@ -101,9 +116,7 @@ def alert_source(
     elif starting == "latest":
         offsets = KafkaOffsetsInitializer.latest()
     else:
-        from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy
-
-        offsets = KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+        offsets = _committed_or_earliest()
     builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(bootstrap_servers)

@@ -48,12 +48,23 @@ def settings_for(config: JobConfig, embedded: bool) -> dict[str, str]:
     return settings
 
 
+def use_this_interpreter() -> None:
+    """Thread mode embeds Python in the JVM (pemja), which finds its packages through the
+    environment the JVM inherits: make that this venv even when it was not activated. Must run
+    before the JVM starts (the first pyflink call that needs the gateway)."""
+    venv = Path(sys.executable).parent
+    if sys.prefix != sys.base_prefix:
+        os.environ["VIRTUAL_ENV"] = sys.prefix
+        path = os.environ.get("PATH", "")
+        if not path.startswith(str(venv) + os.pathsep):
+            os.environ["PATH"] = f"{venv}{os.pathsep}{path}"
+
+
 def create_env(config: JobConfig, embedded: bool = True):
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
-    # The Java side of PyFlink must see the venv (pemja) in thread mode.
-    os.environ.setdefault("VIRTUAL_ENV", str(Path(sys.executable).parent.parent))
+    use_this_interpreter()
     conf = Configuration()
     for key, value in settings_for(config, embedded).items():
         conf.set_string(key, value)

@@ -242,14 +242,14 @@ class PenaltyCore:
                 continue
             if strike.voided:
                 continue
-            before = current.summary(strike.expires_at_ms - 1)  # the last instant it counted
+            before = current.strike_summary(strike.expires_at_ms - 1)  # the last instant it counted
             current = current.with_(strikes=tuple(s for s in current.strikes if s is not strike))
             outputs.append(records.audit(
                 kind="strike_expired", user_id=user_id, cause=strike.incident_id,
                 event_time_ms=strike.expires_at_ms, outcome="expired", rule_id=strike.rule_id,
                 policy_name=self.policy.name, policy_version=self.policy.version,
                 incident_id=strike.incident_id, ledger_before=before,
-                ledger_after=current.summary(strike.expires_at_ms),
+                ledger_after=current.strike_summary(strike.expires_at_ms),
                 detail={"category": strike.category, "violation_type": strike.violation_type,
                         "strike_event_time_ms": strike.event_time_ms},
             ))

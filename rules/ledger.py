@@ -85,6 +85,12 @@ class UserState:
             "active_strikes": sorted(s.incident_id for s in self.strikes if s.active_at(at_ms)),
         }
 
+    def strike_summary(self, at_ms: int) -> dict:
+        """The strike part of summary(): exact at any event time, whatever arrived since (a
+        timer may fire after alerts with later event times changed status or suspension)."""
+        full = self.summary(at_ms)
+        return {"strike_points": full["strike_points"], "active_strikes": full["active_strikes"]}
+
     def status_at(self, at_ms: int) -> str:
         if self.banned:
             return "banned"
