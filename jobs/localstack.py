@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jobs.config import REPO_ROOT
 
-RUN_DIR = REPO_ROOT / ".run"
+RUN_DIR = Path(os.environ.get("PENALTY_RUN_DIR", REPO_ROOT / ".run"))  # state of `up`, logs, data
 STATE_FILE = RUN_DIR / "stack.json"
 
 

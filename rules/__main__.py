@@ -57,7 +57,8 @@ def cmd_simulate(args) -> int:
     with source:
         lines = list(source)
     out = sys.stdout
-    for line in simulate.run(policy, lines, config, drain=not args.no_drain):
+    for line in simulate.run(policy, lines, config, drain=not args.no_drain, order=args.order,
+                             max_out_of_orderness_ms=args.max_out_of_orderness_ms):
         out.write(line)
         out.write("\n")
     return 0
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alerts", required=True, help="alert v1 JSON lines file, or - for stdin")
     p.add_argument("--dedupe-horizon-ms", type=int, default=None)
     p.add_argument("--incident-window-ms", type=int, default=None)
+    p.add_argument("--order", choices=("event_time", "input"), default="event_time",
+                   help="event_time (default): sorted by event time; input: as the job sees one "
+                        "partition, with a watermark and too_late rejections")
+    p.add_argument("--max-out-of-orderness-ms", type=int, default=5_000, help="watermark lag for --order input")
     p.add_argument("--no-drain", action="store_true",
                    help="do not fire the pending strike-expiry timers at the end of input")
     p.set_defaults(func=cmd_simulate)

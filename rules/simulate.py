@@ -1,8 +1,10 @@
 """Run the decision core over a batch of alerts the way the job does, without Flink.
 
-Alerts are processed in event-time order (ties keep input order); before each alert, every
-user's strike-expiry timer due at or before its event time fires, as the job's watermark would
-fire it. At the end of input the pending timers fire too (the job does the same when a bounded
+By default alerts are processed in event-time order (ties keep input order); before each alert,
+every user's timer due before its event time fires, as the job's watermark would fire it. With
+order="input" they are processed as they arrive, the way the job sees one partition: the
+watermark is the highest event time so far minus the allowed out-of-orderness, timers fire as it
+passes them, and alerts older than the dedupe horizon behind it are rejected as too_late. At the end of input the pending timers fire too (the job does the same when a bounded
 source ends), unless drain is off. The output is deterministic for the same input.
 """
 
@@ -66,9 +68,10 @@ class Simulator:
             outputs += self._apply(user_id, self.core.on_timer(self.states.get(user_id), user_id, wake))
         return outputs
 
-    def on_alert(self, alert: Alert) -> list:
-        outputs = self.advance_to(alert.event_time_ms - 1)
-        step = self.core.on_alert(self.states.get(alert.user_id), alert)
+    def on_alert(self, alert: Alert, watermark_ms: int | None = None) -> list:
+        """Event-time order when watermark_ms is None; else arrival order under that watermark."""
+        outputs = self.advance_to(alert.event_time_ms - 1 if watermark_ms is None else watermark_ms)
+        step = self.core.on_alert(self.states.get(alert.user_id), alert, watermark_ms)
         return outputs + self._apply(alert.user_id, step)
 
     def drain(self) -> list:
@@ -76,7 +79,7 @@ class Simulator:
 
 
 def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = CoreConfig(),
-        drain: bool = True) -> Iterator[str]:
+        drain: bool = True, order: str = "event_time", max_out_of_orderness_ms: int = 5_000) -> Iterator[str]:
     """Yield one JSON line per output record; rejected input lines come first, as records of
     kind "rejection" with the line number."""
     alerts: list[tuple[int, int, Alert]] = []
@@ -89,10 +92,18 @@ def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = CoreConfig(
                          "record": {"line": number, "reason": parsed.reason, "detail": parsed.detail}})
             continue
         alerts.append((parsed.event_time_ms, number, parsed))
-    alerts.sort(key=lambda item: (item[0], item[1]))
     sim = Simulator(policy, config)
+    if order == "event_time":
+        alerts.sort(key=lambda item: (item[0], item[1]))
+    watermark_ms = None
+    highest_ms = None
     for _, _, alert in alerts:
-        for output in sim.on_alert(alert):
+        if order == "input":
+            # Like the job's bounded out-of-orderness watermark, it lags one alert behind.
+            if highest_ms is not None:
+                watermark_ms = highest_ms - max_out_of_orderness_ms - 1
+            highest_ms = alert.event_time_ms if highest_ms is None else max(highest_ms, alert.event_time_ms)
+        for output in sim.on_alert(alert, watermark_ms):
             yield dumps(output._asdict())
     if drain:
         for output in sim.drain():

@@ -72,3 +72,15 @@ def test_catalog_lists_actions_decisions_and_keys():
     catalog = json.loads(rules_cli("catalog", "--json").stdout)
     assert set(catalog["actions"]) == {"warning", "stop_stream", "suspend", "ban"}
     assert catalog["actions"]["suspend"]["parameter"] == "duration"
+
+
+def test_simulate_in_input_order_rejects_alerts_older_than_the_horizon():
+    lines = b"\n".join([alert_bytes(alert_id="a-1", event_time_ms=T0_MS + 2 * 86_400_000),
+                        alert_bytes(alert_id="a-2", user_id="u-2", event_time_ms=T0_MS)])
+    result = rules_cli("simulate", "--order", "input", "--alerts", "-", stdin=lines)
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    [late] = [r for r in records if r["kind"] == "dlq"]
+    assert late["record"]["reason"] == "too_late" and late["key"] == "u-2"
+    # In event-time order nothing is late.
+    result = rules_cli("simulate", "--alerts", "-", stdin=lines)
+    assert b'"kind":"dlq"' not in result.stdout

@@ -1,0 +1,57 @@
+"""Set-up failures give one clear line saying what is wrong and what to do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from jobs import localstack
+
+from .conftest import REPO
+
+
+def test_broken_jar_checksum_is_one_clear_line(tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "jars").mkdir(parents=True)
+    (cache / "jars" / "flink-connector-kafka.jar").write_bytes(b"not the real jar")
+    (cache / "jars" / "kafka-clients.jar").write_bytes(b"not the real jar either")
+    result = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PENALTY_CACHE": str(cache)}, timeout=120)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("setup: checksum mismatch for ") and "flink-connector-kafka.jar" in line
+    assert "Delete" in line and "Traceback" not in result.stderr
+
+
+def test_missing_java_is_one_clear_line(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("python3.11", "python3", "dirname", "sha256sum", "cut", "cat"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    result = subprocess.run([shutil.which("bash"), "scripts/setup.sh"], cwd=REPO, capture_output=True, text=True,
+                            env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/root")}, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "setup: Java 11+ is required by Flink and was not found. Install it: apt-get install -y openjdk-17-jdk-headless"]
+
+
+def test_port_already_taken_is_one_clear_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(localstack.StackError, match=f"port {port} is already taken"):
+            localstack.start_broker(port, tmp_path / "kafka")
+        result = subprocess.run([sys.executable, "-m", "jobs.localstack", "up", "--kafka-port", str(port),
+                                 "--data-dir", str(tmp_path / "stack")], cwd=REPO, capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "PENALTY_RUN_DIR": str(tmp_path / "run")})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"localstack: port {port} is already taken: stop what uses it (`make stop`) or pick another port"]
