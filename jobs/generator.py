@@ -66,7 +66,7 @@ def _confidence(rng: random.Random) -> float:
 
 class AlertGenerator:
     def __init__(self, seed: int = 7, users: int = 5000, zipf_s: float = 1.2, start_ms: int | None = None,
-                 step_ms: int = 50, mix: Mix = Mix()):
+                 step_ms: int = 50, mix: Mix = Mix(), streams_per_user: int = 3):
         self.rng = random.Random(seed)
         # Zipf-like weights: user rank r gets 1 / r^s, so a few users offend repeatedly.
         self.users = [f"user-{i:06d}" for i in range(users)]
@@ -76,6 +76,7 @@ class AlertGenerator:
         self.now_ms = start_ms if start_ms is not None else int(time.time() * 1000)
         self.step_ms = step_ms
         self.mix = mix
+        self.streams_per_user = streams_per_user
         self.sent: list[dict] = []  # recent alerts, for retries and multi-detector reports
         self.counter = 0
 
@@ -87,7 +88,7 @@ class AlertGenerator:
         self.counter += 1
         return {
             "alert_id": f"{detector}-{self.counter:09d}",
-            "stream_id": f"live-{user[5:]}-{rng.randrange(3)}",
+            "stream_id": f"live-{user[5:]}-{rng.randrange(self.streams_per_user)}",
             "user_id": user,
             "detector_id": detector,
             "violation_type": vtype,

@@ -8,7 +8,10 @@ listed, and the job (and any savepoint it would restore from) is left untouched.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `flink run -py jobs/penalty_job.py`: make the packages importable
@@ -38,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="penalty-job", description=__doc__.splitlines()[0])
     job_config.add_arguments(parser)
     parser.add_argument("--cluster", action="store_true", help="submitted with `flink run`: keep cluster settings")
+    parser.add_argument("--savepoint-on-stop", metavar="DIR",
+                        help="embedded run: on SIGTERM/Ctrl-C stop with a savepoint in DIR (its path is "
+                             "printed as `savepoint: PATH`), to restart later with --restore-from PATH")
     args = parser.parse_args(argv)
     config = job_config.from_args(args)
     try:
@@ -45,7 +51,44 @@ def main(argv: list[str] | None = None) -> int:
     except RuleFileError as exc:
         print(exc, file=sys.stderr)
         return 2
-    env.execute("penalty-job")
+    if args.cluster:
+        env.execute("penalty-job")
+        return 0
+    return run_embedded(env, args.savepoint_on_stop)
+
+
+def stop_with_savepoint(job_client, target_dir: str) -> str:
+    """JobClient.stop_with_savepoint is broken in PyFlink 2.x (wrong Py4J signature): call the
+    Java client directly. Returns the savepoint path."""
+    from pyflink.java_gateway import get_gateway
+
+    fmt = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    return job_client._j_job_client.stopWithSavepoint(False, target_dir, fmt).get()
+
+
+def run_embedded(env, savepoint_dir: str | None) -> int:
+    """Run on the mini-cluster until the job ends (bounded input) or a stop signal arrives."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    job = env.execute_async("penalty-job")
+    print(f"penalty job {job.get_job_id()} running", flush=True)
+    while not stop.wait(0.5):
+        try:
+            status = str(job.get_job_status().result())
+        except Exception:  # noqa: BLE001 - the mini-cluster shuts down once a bounded job ends
+            return 0
+        if status in ("FINISHED", "CANCELED"):
+            return 0
+        if status == "FAILED":
+            print("penalty job failed; see the Flink log", file=sys.stderr)
+            return 1
+    if savepoint_dir:
+        path = stop_with_savepoint(job, Path(savepoint_dir).resolve().as_uri())
+        print(f"savepoint: {path}", flush=True)
+    else:
+        job.cancel().result()
+        print("penalty job cancelled", flush=True)
     return 0
 
 
