@@ -80,3 +80,20 @@ def read_committed(bootstrap: str, topic: str, expected: int | None = None, time
                 break
     consumer.close()
     return out
+
+
+def caught_up(bootstrap: str, group_id: str, topic: str) -> bool:
+    """True when the group's committed offsets (the job commits them on checkpoints) reach the
+    end of every partition of `topic`: everything was read and checkpointed."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        partitions = [TopicPartition(topic, p) for p in meta.partitions]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
+        for tp in partitions:
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high > 0 and committed.get(tp.partition, -1) < high:
+                return False
+        return True
+    finally:
+        consumer.close()
