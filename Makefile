@@ -16,6 +16,9 @@ test: setup  ## the whole suite: pure, mini-cluster and real-stack tests
 test-fast: setup  ## pure tests only (no JVM, no broker)
 	@$(PY) -m pytest -q -m "not minicluster and not stack" $(ARGS)
 
+bench: setup  ## alert -> enforcement latency on the local stack (not part of the tests)
+	@$(PY) -m jobs.bench latency $(ARGS)
+
 stack: setup  ## broker + Redis in the background on 19092 / 16379
 	@$(PY) -m jobs.localstack up
 

@@ -12,6 +12,7 @@ across every band, and a share of malformed records of every kind the DLQ knows.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
@@ -70,7 +71,7 @@ class AlertGenerator:
         self.rng = random.Random(seed)
         # Zipf-like weights: user rank r gets 1 / r^s, so a few users offend repeatedly.
         self.users = [f"user-{i:06d}" for i in range(users)]
-        self.user_weights = [1.0 / (rank + 1) ** zipf_s for rank in range(users)]
+        self.user_weights = list(itertools.accumulate(1.0 / (rank + 1) ** zipf_s for rank in range(users)))
         self.type_names = list(TYPES)
         self.type_weights = [TYPES[t][0] for t in self.type_names]
         self.now_ms = start_ms if start_ms is not None else int(time.time() * 1000)
@@ -82,7 +83,7 @@ class AlertGenerator:
 
     def _fresh(self) -> dict:
         rng = self.rng
-        user = rng.choices(self.users, self.user_weights)[0]
+        user = rng.choices(self.users, cum_weights=self.user_weights)[0]
         vtype = rng.choices(self.type_names, self.type_weights)[0]
         detector = rng.choice(TYPES[vtype][1])
         self.counter += 1
