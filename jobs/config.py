@@ -47,6 +47,7 @@ class JobConfig:
     topics: Topics = field(default_factory=Topics)
     group_id: str = "penalty-job"
     rules_path: str = str(DEFAULT_RULES)
+    shadow_rules_path: str | None = None  # evaluated and audited beside the live rules, never enforced
     delivery: str = "exactly_once"  # or at_least_once: lower latency, consumers dedupe by id
     starting_offsets: str = "committed"  # committed (falls back to earliest) | earliest | latest
     bounded: bool = False  # stop at the offsets that are latest at start (tests, replays)
@@ -75,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic-prefix", default="", help="prefix for every topic name")
     parser.add_argument("--group-id", default=d.group_id)
     parser.add_argument("--rules", default=d.rules_path, help="policy YAML (validated before start)")
+    parser.add_argument("--shadow-rules", help="a second policy YAML evaluated in shadow: audited "
+                        "(kind shadow) and counted, never enforced")
     parser.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default=d.delivery)
     parser.add_argument("--starting-offsets", choices=("committed", "earliest", "latest"), default=d.starting_offsets)
     parser.add_argument("--bounded", action="store_true", help="stop at the end of the input present at start")
@@ -110,6 +113,7 @@ def from_args(args: argparse.Namespace) -> JobConfig:
         topics=Topics().prefixed(args.topic_prefix),
         group_id=args.group_id,
         rules_path=args.rules,
+        shadow_rules_path=args.shadow_rules,
         delivery=args.delivery,
         starting_offsets=args.starting_offsets,
         bounded=args.bounded,

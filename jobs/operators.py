@@ -11,6 +11,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from connectors.alerts import REASONS, Alert, Source, parse_alert
 from connectors.kafka import KEY_VALUE_TYPE
+from rules import shadow
 from rules.core import CoreConfig, PenaltyCore
 from rules.ledger import UserState
 from rules.loader import parse_policy
@@ -87,14 +88,20 @@ class ParseAlerts(ProcessFunction):
 class PenaltyFunction(KeyedProcessFunction):
     """Keyed by user_id: dedupe, incidents, strike ledger and rules in one state value per user."""
 
-    def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig):
+    def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig,
+                 shadow_bytes: bytes | None = None, shadow_file: str | None = None):
         self.policy_bytes = policy_bytes
         self.policy_file = policy_file
         self.core_config = core_config
+        self.shadow_bytes = shadow_bytes
+        self.shadow_file = shadow_file
 
     def open(self, runtime_context: RuntimeContext):
         policy = parse_policy(self.policy_bytes, self.policy_file)
         self.core = PenaltyCore(policy, self.core_config)
+        self.shadow = None
+        if self.shadow_bytes is not None:
+            self.shadow = PenaltyCore(parse_policy(self.shadow_bytes, self.shadow_file), self.core_config)
         self.state = runtime_context.get_state(ValueStateDescriptor("user-state", Types.STRING()))
         self.metrics = runtime_context.get_metrics_group()
         self.counters = {}
@@ -107,7 +114,11 @@ class PenaltyFunction(KeyedProcessFunction):
             counter.inc()
 
     def _new_counter(self, name: str):
-        # "action.ban" -> group action=ban, counter "decisions"; "duplicate" -> counter "duplicate".
+        # "action.ban" -> group action=ban, counter "decisions"; "duplicate" -> counter "duplicate";
+        # "shadow.agree.<rule>" -> group shadow_rule=<rule>, counter "agree".
+        if name.startswith("shadow."):
+            _, verdict, rule = name.split(".", 2)
+            return self.metrics.add_group("shadow_rule", rule).counter(verdict)
         group, sep, value = name.partition(".")
         if sep:
             return self.metrics.add_group(group, value).counter("decisions")
@@ -115,8 +126,15 @@ class PenaltyFunction(KeyedProcessFunction):
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         previous = UserState.decode(self.state.value())
-        step = self.core.on_alert(previous, row_to_alert(value), ctx.timer_service().current_watermark())
+        alert = row_to_alert(value)
+        watermark_ms = ctx.timer_service().current_watermark()
+        step = self.core.on_alert(previous, alert, watermark_ms)
         yield from self._apply(previous, step, ctx)
+        if self.shadow is not None:
+            audit, event = shadow.compare(self.shadow, self.core.policy.version, previous, alert, watermark_ms, step)
+            if audit is not None:
+                self._count([event])
+                yield emit(audit)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         previous = UserState.decode(self.state.value())

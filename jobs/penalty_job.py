@@ -32,8 +32,9 @@ def build(config: job_config.JobConfig, embedded: bool = True):
     from jobs.pipeline import build_pipeline
 
     policy_bytes, policy_file = load_rules(config.rules_path)
+    shadow = load_rules(config.shadow_rules_path) if config.shadow_rules_path else None
     env = create_env(config, embedded)
-    build_pipeline(env, config, policy_bytes, policy_file)
+    build_pipeline(env, config, policy_bytes, policy_file, shadow)
     return env
 
 

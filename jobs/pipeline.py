@@ -48,7 +48,8 @@ class Outputs(NamedTuple):
     dlq: DataStream
 
 
-def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file: str) -> Outputs:
+def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file: str,
+           shadow: tuple[bytes, str] | None = None) -> Outputs:
     """Raw alert records (RAW_ALERT_TYPE, with event-time timestamps) -> the five output streams
     of Row(key, value). Shared by the Kafka job and the mini-cluster tests."""
     parsed = (
@@ -58,7 +59,8 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
     core_config = CoreConfig(config.dedupe_horizon_ms, config.incident_window_ms)
     decided = (
         parsed.key_by(lambda row: row[USER_KEY_FIELD], key_type=Types.STRING())
-        .process(PenaltyFunction(policy_bytes, policy_file, core_config), output_type=kafka.KEY_VALUE_TYPE)
+        .process(PenaltyFunction(policy_bytes, policy_file, core_config, *(shadow or (None, None))),
+                 output_type=kafka.KEY_VALUE_TYPE)
         .uid(UIDS["penalty"]).name("penalty decisions")
     )
     return Outputs(
@@ -70,7 +72,8 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
     )
 
 
-def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str) -> None:
+def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str,
+                   shadow: tuple[bytes, str] | None = None) -> None:
     topics = config.topics
     source = kafka.alert_source(
         config.bootstrap_servers, topics.alerts, config.group_id, config.starting_offsets, config.bounded,
@@ -79,7 +82,7 @@ def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_by
     raw = env.from_source(
         source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms), "alerts source"
     ).uid(UIDS["source"])
-    outputs = decide(raw, config, policy_bytes, policy_file)
+    outputs = decide(raw, config, policy_bytes, policy_file, shadow)
 
     def sink(stream, name: str, topic: str) -> None:
         stream.sink_to(kafka.key_value_sink(

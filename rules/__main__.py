@@ -3,6 +3,7 @@
     python -m rules validate PATH...                       exit 0 ok, 2 with every problem
     python -m rules simulate --rules PATH --alerts FILE    one JSON line per output record
     python -m rules catalog                                the vocabulary of the YAML format
+    python -m rules diff --old A --new B --alerts FILE     what-if: exit 0 same, 1 changes, 2 invalid
 
 The output of `simulate` is a contract: the job's operator runs the same core, and tests compare
 the two record for record.
@@ -53,15 +54,48 @@ def cmd_simulate(args) -> int:
     except OSError as exc:
         print(f"{args.alerts}: cannot read the file: {exc.strerror}", file=sys.stderr)
         return 2
+    shadow_policy = None
+    if args.shadow_rules:
+        try:
+            shadow_policy = loader.load_policy(args.shadow_rules)
+        except loader.RuleFileError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     config = simulate.core_config(args.dedupe_horizon_ms, args.incident_window_ms)
     with source:
         lines = list(source)
     out = sys.stdout
     for line in simulate.run(policy, lines, config, drain=not args.no_drain, order=args.order,
-                             max_out_of_orderness_ms=args.max_out_of_orderness_ms):
+                             max_out_of_orderness_ms=args.max_out_of_orderness_ms, shadow_policy=shadow_policy):
         out.write(line)
         out.write("\n")
     return 0
+
+
+def cmd_diff(args) -> int:
+    from rules import diff
+
+    policies = []
+    for path in (args.old, args.new):
+        try:
+            policies.append(loader.load_policy(path))
+        except loader.RuleFileError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    try:
+        with (sys.stdin.buffer if args.alerts == "-" else open(args.alerts, "rb")) as source:
+            lines = list(source)
+    except OSError as exc:
+        print(f"{args.alerts}: cannot read the file: {exc.strerror}", file=sys.stderr)
+        return 2
+    summary = diff.diff(policies[0], policies[1], lines)
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2, sort_keys=True)
+    print(diff.report(summary, args.limit))
+    print(json.dumps({k: v for k, v in summary.items() if k != "changed"}
+                     | {"changed_users": [c["user_id"] for c in summary["changed"]]}, sort_keys=True))
+    return 1 if summary["users_changed"] else 0
 
 
 def cmd_catalog(args) -> int:
@@ -111,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("simulate", help="run the job's decision core over alert v1 JSON lines")
     p.add_argument("--rules", default=str(DEFAULT_RULES))
     p.add_argument("--alerts", required=True, help="alert v1 JSON lines file, or - for stdin")
+    p.add_argument("--shadow-rules", help="a second rule set evaluated in shadow, as the job's --shadow-rules")
     p.add_argument("--dedupe-horizon-ms", type=int, default=None)
     p.add_argument("--incident-window-ms", type=int, default=None)
     p.add_argument("--order", choices=("event_time", "input"), default="event_time",
@@ -120,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-drain", action="store_true",
                    help="do not fire the pending strike-expiry timers at the end of input")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("diff", help="what-if replay of alerts through two rule sets")
+    p.add_argument("--old", required=True)
+    p.add_argument("--new", required=True)
+    p.add_argument("--alerts", required=True, help="alert v1 JSON lines, or a topic dump (value/payload field)")
+    p.add_argument("--limit", type=int, default=20, help="users listed in the report")
+    p.add_argument("--json-out", help="write the full summary (every changed user) to this file")
+    p.set_defaults(func=cmd_diff)
     p = sub.add_parser("catalog", help="print the vocabulary of the rule format")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_catalog)

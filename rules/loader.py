@@ -74,7 +74,6 @@ BAND_KEYS = {
     "decision": "enforce | review | dismiss (required)",
     "priority": "review priority: " + " | ".join(PRIORITIES),
     "actions": "actions applied at once on a review band (stop_stream only)",
-    "shadow": "true: evaluated and audited, never enforced",
 }
 UNKNOWN_KEYS = {k: v for k, v in BAND_KEYS.items() if k in ("id", "decision", "priority")}
 RUNG_KEYS = {
@@ -408,16 +407,9 @@ def _band(checker, node, what, ids, allowed=BAND_KEYS) -> Band | None:
             got = _actions(checker, anode, what, on_review=True)
             ok = ok and got is not None
             actions = got or ()
-    shadow = False
-    if "shadow" in entries:
-        snode = entries["shadow"][1]
-        shadow = _construct(snode) if isinstance(snode, yaml.ScalarNode) else None
-        if not isinstance(shadow, bool):
-            checker.add(snode, f"{what}: shadow must be true or false")
-            ok = False
     if not ok or rule_id is None or decision is None:
         return None
-    return Band(rule_id, min_conf, decision, priority, actions, bool(shadow))
+    return Band(rule_id, min_conf, decision, priority, actions)
 
 
 def _bands(checker, node, what, ids) -> tuple[bool, list[Band]]:

@@ -53,7 +53,6 @@ class Band:
     decision: str
     priority: str = "normal"
     actions: tuple[Action, ...] = ()
-    shadow: bool = False
 
 
 @dataclass(frozen=True)

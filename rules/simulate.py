@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Iterator
 
 from connectors.alerts import Alert, Rejection, parse_alert
+from rules import shadow
 from rules.core import CoreConfig, PenaltyCore, Step
 from rules.ledger import UserState
 from rules.model import Policy
@@ -35,8 +36,9 @@ def dumps(obj) -> str:
 class Simulator:
     """Per-user states plus one pending timer per user, like the keyed operator."""
 
-    def __init__(self, policy: Policy, config: CoreConfig = CoreConfig()):
+    def __init__(self, policy: Policy, config: CoreConfig = CoreConfig(), shadow_policy: Policy | None = None):
         self.core = PenaltyCore(policy, config)
+        self.shadow = PenaltyCore(shadow_policy, config) if shadow_policy is not None else None
         self.states: dict[str, UserState] = {}
         self.timers: dict[str, int] = {}  # user -> wake time (the one live timer)
         self.queue: list[tuple[int, str]] = []  # heap of (wake, user); stale entries skipped
@@ -71,15 +73,23 @@ class Simulator:
     def on_alert(self, alert: Alert, watermark_ms: int | None = None) -> list:
         """Event-time order when watermark_ms is None; else arrival order under that watermark."""
         outputs = self.advance_to(alert.event_time_ms - 1 if watermark_ms is None else watermark_ms)
-        step = self.core.on_alert(self.states.get(alert.user_id), alert, watermark_ms)
-        return outputs + self._apply(alert.user_id, step)
+        before = self.states.get(alert.user_id)
+        step = self.core.on_alert(before, alert, watermark_ms)
+        outputs += self._apply(alert.user_id, step)
+        if self.shadow is not None:
+            audit, event = shadow.compare(self.shadow, self.core.policy.version, before, alert, watermark_ms, step)
+            if audit is not None:
+                outputs.append(audit)
+                self.events[event] = self.events.get(event, 0) + 1
+        return outputs
 
     def drain(self) -> list:
         return self.advance_to(2**63 - 1)
 
 
 def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = CoreConfig(),
-        drain: bool = True, order: str = "event_time", max_out_of_orderness_ms: int = 5_000) -> Iterator[str]:
+        drain: bool = True, order: str = "event_time", max_out_of_orderness_ms: int = 5_000,
+        shadow_policy: Policy | None = None) -> Iterator[str]:
     """Yield one JSON line per output record; rejected input lines come first, as records of
     kind "rejection" with the line number."""
     alerts: list[tuple[int, int, Alert]] = []
@@ -92,7 +102,7 @@ def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = CoreConfig(
                          "record": {"line": number, "reason": parsed.reason, "detail": parsed.detail}})
             continue
         alerts.append((parsed.event_time_ms, number, parsed))
-    sim = Simulator(policy, config)
+    sim = Simulator(policy, config, shadow_policy)
     if order == "event_time":
         alerts.sort(key=lambda item: (item[0], item[1]))
     watermark_ms = None

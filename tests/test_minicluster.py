@@ -17,7 +17,7 @@ from .conftest import DAY_MS, REPO, T0_MS, alert_bytes
 pytestmark = pytest.mark.minicluster
 
 
-def run_operators(lines: list[bytes], **config_changes) -> list[dict]:
+def run_operators(lines: list[bytes], shadow: tuple[bytes, str] | None = None, **config_changes) -> list[dict]:
     from pyflink.common import Row, Types
 
     from connectors import kafka
@@ -38,7 +38,7 @@ def run_operators(lines: list[bytes], **config_changes) -> list[dict]:
            .assign_timestamps_and_watermarks(kafka.alert_watermarks(config.max_out_of_orderness_ms,
                                                                     config.idleness_ms)))
     policy_bytes = DEFAULT_RULES.read_bytes()
-    outputs = decide(raw, config, policy_bytes, str(DEFAULT_RULES))
+    outputs = decide(raw, config, policy_bytes, str(DEFAULT_RULES), shadow)
     tagged_type = Types.ROW([Types.STRING(), Types.STRING(), Types.STRING()])
     streams = [stream.map(lambda row, kind=kind: Row(kind, row[0], row[1]), output_type=tagged_type)
                for kind, stream in outputs._asdict().items()]
@@ -61,8 +61,8 @@ def _event_time(line: bytes) -> int:
         return T0_MS
 
 
-def simulate(lines: list[bytes]) -> list[dict]:
-    result = subprocess.run([sys.executable, "-m", "rules", "simulate", "--alerts", "-"], cwd=REPO,
+def simulate(lines: list[bytes], *extra: str) -> list[dict]:
+    result = subprocess.run([sys.executable, "-m", "rules", "simulate", "--alerts", "-", *extra], cwd=REPO,
                             input=b"\n".join(lines), capture_output=True, timeout=120, check=True)
     return [json.loads(line) for line in result.stdout.decode().splitlines()]
 
@@ -122,3 +122,20 @@ def test_plan_has_stable_uids_for_every_stateful_operator():
     j_graph = env._j_stream_execution_environment.getStreamGraph()
     uids = {node.getTransformationUID() for node in j_graph.getStreamNodes().toArray()}
     assert set(UIDS.values()) <= {u for u in uids if u}
+
+
+def test_shadow_rules_in_the_job_never_enforce_and_audit_what_the_core_predicts(tmp_path):
+    from .test_rule_safety import ALERTS, TIGHT_COPYRIGHT
+
+    shadow_file = tmp_path / "tight.yaml"
+    shadow_file.write_text(TIGHT_COPYRIGHT)
+    lines = sorted(ALERTS, key=_event_time)
+    job = run_operators(lines, shadow=(TIGHT_COPYRIGHT.encode(), str(shadow_file)))
+    live = run_operators(lines)
+    # Enforcement (and everything but the shadow audit records) is what the live rules alone give.
+    not_shadow = [r for r in job if r["record"].get("kind") != "shadow"]
+    assert canonical(not_shadow) == canonical(live)
+    predicted = simulate(lines, "--shadow-rules", str(shadow_file))
+    shadows = [r for r in job if r["record"].get("kind") == "shadow"]
+    assert len(shadows) == 9 and sum(r["record"]["outcome"] == "disagree" for r in shadows) == 2
+    assert canonical(shadows) == canonical([r for r in predicted if r["record"].get("kind") == "shadow"])
