@@ -52,7 +52,7 @@ def _tool(name: str) -> str:
     return found
 
 
-def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
+def _stop_group(pid: int, timeout_s: float = 15.0, proc: subprocess.Popen | None = None) -> None:
     """SIGTERM the process group (the noida-db wrapper and its native broker), then SIGKILL."""
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -60,6 +60,8 @@ def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()  # reap our child: a zombie leader keeps the group "alive"
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
@@ -80,7 +82,7 @@ class Service:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop_group(self.proc.pid)
+            _stop_group(self.proc.pid, proc=self.proc)
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -120,12 +122,13 @@ def start_broker(port: int, data_dir: Path, timeout_s: float = 30.0) -> Service:
     raise StackError(f"the broker did not answer metadata requests within {timeout_s:.0f} s; see {data_dir / 'broker.log'}")
 
 
-def start_redis(port: int, data_dir: Path, timeout_s: float = 15.0) -> Service:
+def start_redis(port: int, data_dir: Path, timeout_s: float = 15.0, persist: bool = False) -> Service:
     if port_taken(port):
         raise StackError(f"port {port} is already taken: stop what uses it (`make stop`) or pick another port")
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Local runs and tests keep Redis in memory; persist=True (append-only file) survives a restart.
     proc = _spawn([_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", str(data_dir)], data_dir / "redis.log")
+                   "--appendonly", "yes" if persist else "no", "--dir", str(data_dir)], data_dir / "redis.log")
     service = Service("redis", port, proc.pid, proc)
     import redis
 

@@ -46,9 +46,12 @@ class JobProcess:
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes | None], key: bytes | None = None,
-            partition: int | None = None) -> None:
+            partition: int | None = None, key_field: str | None = None) -> None:
+    """key_field: take each record's key from this JSON field (as the job keys by user_id)."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     for value in values:
+        if key_field is not None:
+            key = json.loads(value)[key_field].encode()
         if partition is None:
             producer.produce(topic, value=value, key=key)
         else:
