@@ -1,0 +1,220 @@
+"""Notifier: the `notifications` topic to streamers and moderators.
+
+    PENALTY_APPEAL_SECRET=... python -m sinks.notifier [--smtp-host H --smtp-port P --smtp-tls
+        --smtp-user U (password from PENALTY_SMTP_PASSWORD)] [--appeal-base-url URL]
+
+- in-app messages go to a per-user Redis stream `penalty:inbox:<user_id>`; moderator requests to
+  `penalty:moderation:<queue>` (recipient_id `queue:<priority>`);
+- email goes through SMTP (host, port, STARTTLS, credentials from configuration);
+- messages name the violation, the action and its end, and carry an appeal link signed with
+  HMAC-SHA256 and an expiry (secret from the environment, never logged).
+
+Each notification is delivered once even when the notifier restarts mid-batch: its id is
+recorded in Redis (`penalty:sent:<notification_id>`, kept 90 days) right after delivery (in the
+same transaction for in-app messages) and skipped when seen again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import smtplib
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import redis
+
+log = logging.getLogger("sinks.notifier")
+
+SENT_KEY = "penalty:sent:{}"
+INBOX_KEY = "penalty:inbox:{}"
+MODERATION_KEY = "penalty:moderation:{}"
+SENT_TTL_S = 90 * 86_400
+APPEAL_WINDOW_MS = 30 * 86_400_000
+
+
+class AppealTokenError(Exception):
+    """An appeal link that is forged, altered or expired."""
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "127.0.0.1"
+    port: int = 25
+    starttls: bool = False
+    user: str | None = None
+    password: str | None = None  # from the environment; never logged
+    sender: str = "trust-and-safety@stream-penalty.invalid"
+
+
+def _signature(secret: bytes, incident_id: str, user_id: str, expires_ms: int) -> str:
+    mac = hmac.new(secret, f"{incident_id}\x1f{user_id}\x1f{expires_ms}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def appeal_link(base_url: str, secret: bytes, incident_id: str, user_id: str, expires_ms: int) -> str:
+    query = urlencode({"incident": incident_id, "user": user_id, "expires": expires_ms,
+                       "sig": _signature(secret, incident_id, user_id, expires_ms)})
+    return f"{base_url}?{query}"
+
+
+def verify_appeal_link(link: str, secret: bytes, now_ms: int) -> tuple[str, str]:
+    """(incident_id, user_id) of a valid link; AppealTokenError otherwise."""
+    params = {k: v[0] for k, v in parse_qs(urlparse(link).query).items()}
+    try:
+        incident_id, user_id, expires_ms, sig = params["incident"], params["user"], int(params["expires"]), params["sig"]
+    except (KeyError, ValueError) as exc:
+        raise AppealTokenError("the appeal link is incomplete") from exc
+    if not hmac.compare_digest(sig, _signature(secret, incident_id, user_id, expires_ms)):
+        raise AppealTokenError("the appeal link's signature does not match")
+    if now_ms > expires_ms:
+        raise AppealTokenError("the appeal link has expired")
+    return incident_id, user_id
+
+
+def _when(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if ms else ""
+
+
+def render(record: dict, appeal_url: str | None) -> tuple[str, str]:
+    """(subject, body) of a notification."""
+    violation = (record.get("violation_type") or "a policy violation").replace("_", " ")
+    if record["topic"] == "review_request":
+        return (f"Review needed: {violation}",
+                f"An incident ({record['incident_id']}) of user {record['user_id']} needs human review.")
+    lines = []
+    for action in record["actions"]:
+        name, until = action["action"], action.get("until_ms")
+        lines.append({
+            "warning": "You received a warning.",
+            "stop_stream": "Your live stream was stopped.",
+            "suspend": f"Live streaming is suspended until {_when(until)}.",
+            "ban": "Your account is permanently banned from live streaming.",
+            "lift": "A penalty was lifted.",
+        }.get(name, f"Action: {name}."))
+    body = f"We detected {violation} on your stream.\n" + "\n".join(lines)
+    if appeal_url:
+        body += f"\n\nIf you think this is wrong, appeal here: {appeal_url}"
+    return f"Community guidelines: {violation}", body
+
+
+class Notifier:
+    def __init__(self, client: redis.Redis, smtp: SmtpConfig, secret: bytes, appeal_base_url: str):
+        self.client = client
+        self.smtp = smtp
+        self.secret = secret
+        self.appeal_base_url = appeal_base_url
+
+    def deliver(self, record: dict) -> bool:
+        """Deliver one notification; False when it was delivered before."""
+        sent_key = SENT_KEY.format(record["notification_id"])
+        if self.client.exists(sent_key):
+            return False
+        appeal = record.get("appeal")
+        url = None
+        if appeal:
+            url = appeal_link(self.appeal_base_url, self.secret, appeal["incident_id"], appeal["user_id"],
+                              record["event_time_ms"] + APPEAL_WINDOW_MS)
+        subject, body = render(record, url)
+        if record["channel"] == "email":
+            self._email(record["recipient_id"], subject, body)
+            self.client.set(sent_key, 1, ex=SENT_TTL_S)
+            return True
+        recipient = record["recipient_id"]
+        stream = (MODERATION_KEY.format(recipient.split(":", 1)[1]) if record["recipient_role"] == "moderator"
+                  else INBOX_KEY.format(recipient))
+        fields = {"notification_id": record["notification_id"], "subject": subject, "body": body,
+                  "incident_id": record.get("incident_id") or "", "appeal_url": url or ""}
+        # In-app: message and sent marker in one transaction, so a restart can never repeat it.
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(stream, fields)
+            pipe.set(sent_key, 1, ex=SENT_TTL_S)
+            pipe.execute()
+        return True
+
+    def _email(self, user_id: str, subject: str, body: str) -> None:
+        message = EmailMessage()
+        message["From"] = self.smtp.sender
+        message["To"] = f"{user_id}@users.stream-penalty.invalid"  # the user directory maps ids to addresses
+        message["Subject"] = subject
+        message.set_content(body)
+        with smtplib.SMTP(self.smtp.host, self.smtp.port, timeout=10) as server:
+            if self.smtp.starttls:
+                server.starttls()
+            if self.smtp.user:
+                server.login(self.smtp.user, self.smtp.password or "")
+            server.send_message(message)
+
+
+def run(bootstrap: str, notifier: Notifier, topic: str = "notifications", group_id: str = "notifier",
+        stop=lambda: False, idle_exit_s: float | None = None) -> dict:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "group.instance.id": f"{group_id}-1",
+                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    counts = {"delivered": 0, "repeated": 0, "failed": 0}
+    last = time.monotonic()
+    try:
+        while not stop():
+            batch = [m for m in consumer.consume(200, timeout=0.5) if not m.error()]
+            if not batch:
+                if idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                    break
+                continue
+            last = time.monotonic()
+            for msg in batch:
+                record = json.loads(msg.value())
+                while True:
+                    try:
+                        counts["delivered" if notifier.deliver(record) else "repeated"] += 1
+                        break
+                    except (OSError, smtplib.SMTPException, redis.RedisError) as exc:
+                        # Retry until it goes through: a notification is never dropped.
+                        log.warning("delivery of %s failed (%s); retrying", record["notification_id"], exc)
+                        counts["failed"] += 1
+                        time.sleep(1)
+                        if stop():
+                            return counts
+            consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    return counts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sinks.notifier", description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap-servers", default="127.0.0.1:19092")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:16379/0")
+    parser.add_argument("--topic", default="notifications")
+    parser.add_argument("--smtp-host", default="127.0.0.1")
+    parser.add_argument("--smtp-port", type=int, default=25)
+    parser.add_argument("--smtp-tls", action="store_true", help="STARTTLS")
+    parser.add_argument("--smtp-user")
+    parser.add_argument("--appeal-base-url", default="https://appeals.stream-penalty.invalid/appeal")
+    parser.add_argument("--idle-exit-s", type=float, default=None)
+    args = parser.parse_args(argv)
+    secret = os.environ.get("PENALTY_APPEAL_SECRET")
+    if not secret:
+        print("notifier: set PENALTY_APPEAL_SECRET (the key that signs appeal links)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    smtp = SmtpConfig(args.smtp_host, args.smtp_port, args.smtp_tls, args.smtp_user,
+                      os.environ.get("PENALTY_SMTP_PASSWORD"))
+    notifier = Notifier(redis.Redis.from_url(args.redis_url), smtp, secret.encode(), args.appeal_base_url)
+    print(json.dumps(run(args.bootstrap_servers, notifier, args.topic, idle_exit_s=args.idle_exit_s)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
