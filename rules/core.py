@@ -19,7 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import json
+
 from connectors.alerts import Alert
+from connectors.decisions import Decision
 from rules import records
 from rules.ledger import Incident, Strike, UserState
 from rules.model import DECISION_RANK, Action, Band, Category, Policy
@@ -31,6 +34,7 @@ DAY_MS = 86_400_000
 class CoreConfig:
     dedupe_horizon_ms: int = DAY_MS  # also the allowed lateness
     incident_window_ms: int = 60_000
+    review_retention_ms: int = 7 * DAY_MS  # how long an incident awaiting review stays decidable
 
 
 class Step(NamedTuple):
@@ -83,7 +87,8 @@ class PenaltyCore:
                 rule_id=band.id,
                 alert_ids=(alert.alert_id,),
                 max_confidence=alert.confidence,
-                retain_until_ms=t + self.config.incident_window_ms + horizon,
+                retain_until_ms=t + self.config.incident_window_ms
+                + max(horizon, self.config.review_retention_ms if band.decision == "review" else 0),
             )
             current = current.with_(incidents=current.incidents + (incident,))
             return self._decide(current, alert, incident, category, band, cause="alert")
@@ -200,8 +205,9 @@ class PenaltyCore:
                 # A suspension only ever extends to the later end.
                 until_ms = max(state.suspended_until_ms, t + (action.duration_ms or 0))
                 state = state.with_(suspended_until_ms=until_ms)
+                state = state.with_(sanction_incident=incident.incident_id)
             elif action.kind == "ban":
-                state = state.with_(banned=True)
+                state = state.with_(banned=True, sanction_incident=incident.incident_id)
             version = next_user_version(state, t)
             state = state.with_(user_version=version)
             outputs.append(records.enforcement(
@@ -226,6 +232,102 @@ class PenaltyCore:
             )
             for channel in ("in_app", "email")
         ]
+
+    # -------------------------------------------------------------- decisions
+    def on_decision(self, state: UserState | None, decision: Decision) -> Step:
+        """An appeal outcome or review verdict from a moderator.
+
+        A granted appeal or a rejected review voids the incident's strike (kept, marked voided)
+        and lifts the ban or suspension that incident caused; a confirmed review applies the
+        ladder as if the incident had been enforced automatically; a denied appeal is recorded.
+        A decision naming nothing this user has is rejected to the DLQ, never guessed at.
+        """
+        t = decision.event_time_ms
+        cause = f"{decision.kind}:{decision.decision_id}"
+        current = state or UserState()
+        strike = next((s for s in current.strikes if s.incident_id == decision.incident_id), None)
+        incident = next((i for i in current.incidents if i.incident_id == decision.incident_id), None)
+
+        def reject(detail: str) -> Step:
+            raw = json.dumps(decision._asdict(), separators=(",", ":"), sort_keys=True).encode()
+            out = records.dead_letter(reason="invalid_decision", detail=detail, raw=raw, size_bytes=len(raw),
+                                      topic=None, partition=None, offset=None, timestamp_ms=None,
+                                      user_id=decision.user_id)
+            return Step(state, [out], ["invalid_decision"])
+
+        if decision.decision_id in current.seen:
+            return Step(state, [], ["duplicate_decision"])
+        if decision.kind == "review" and decision.verdict == "confirmed":
+            if incident is None or incident.decision != "review":
+                return reject(f"incident {decision.incident_id} of user {decision.user_id} is not awaiting review")
+            category = self.policy.category_for(incident.violation_type)
+            if category is None:
+                return reject(f"violation type {incident.violation_type!r} has no ladder in rule set "
+                              f"{self.policy.name}; confirm it under a known type")
+            current = self._remember(current, decision)
+            upgraded = incident._replace(decision="enforce", rule_id=f"{category.name}-review-confirmed")
+            current = _replace_incident(current, upgraded)
+            alert = Alert(alert_id=decision.decision_id, stream_id=incident.stream_id, user_id=decision.user_id,
+                          detector_id=f"moderator:{decision.moderator_id}", violation_type=incident.violation_type,
+                          confidence=incident.max_confidence, event_time_ms=incident.start_ms)
+            band = Band(id=upgraded.rule_id, min_confidence=0.0, decision="enforce")
+            before = current.summary(incident.start_ms)
+            common = dict(user_id=alert.user_id, event_time_ms=incident.start_ms, policy_name=self.policy.name,
+                          policy_version=self.policy.version, incident_id=incident.incident_id,
+                          alert_ids=list(incident.alert_ids))
+            step = self._enforce(current, alert, upgraded, category, band, before, cause, common)
+            return Step(step.state, step.outputs, ["review_confirmed"] + step.events)
+        voids = (decision.kind, decision.verdict) in (("appeal", "granted"), ("review", "rejected"))
+        if decision.kind == "appeal" and (strike is None or strike.voided):
+            return reject(f"user {decision.user_id} has no active strike for incident {decision.incident_id}")
+        if decision.kind == "review" and incident is None and strike is None:
+            return reject(f"incident {decision.incident_id} of user {decision.user_id} is unknown or expired")
+        current = self._remember(current, decision)
+        before = current.summary(t)
+        outputs: list[records.Output] = []
+        events = [f"{decision.kind}_{decision.verdict}"]
+        if voids:
+            if strike is not None and not strike.voided:
+                current = current.with_(strikes=tuple(s._replace(voided=True) if s is strike else s
+                                                      for s in current.strikes))
+            if incident is not None:
+                current = _replace_incident(current, incident._replace(decision="dismiss"))
+            if current.sanction_incident == decision.incident_id and (current.banned or current.suspended_until_ms > t):
+                # The penalty came from this incident: lift it (a ban or suspension from another
+                # incident stands).
+                current = current.with_(banned=False, suspended_until_ms=0, sanction_incident="")
+                version = next_user_version(current, t)
+                current = current.with_(user_version=version)
+                outputs.append(records.enforcement(
+                    user_id=decision.user_id, stream_id=incident.stream_id if incident else None, action="lift",
+                    until_ms=None, incident_id=decision.incident_id,
+                    violation_type=(incident or strike).violation_type, rule_id=cause,
+                    policy_name=self.policy.name, policy_version=self.policy.version, user_version=version,
+                    event_time_ms=t, active_strikes=sum(current.summary(t)["strike_points"].values()), cause=cause,
+                ))
+                events.append("action.lift")
+        lift = [{"action": o.record["action"], "until_ms": None} for o in outputs]
+        for channel in ("in_app", "email"):
+            outputs.append(records.notification(
+                user_id=decision.user_id, recipient_role="streamer", recipient_id=decision.user_id, channel=channel,
+                topic="appeal_outcome" if decision.kind == "appeal" else "review_outcome",
+                incident_id=decision.incident_id, violation_type=(incident or strike).violation_type,
+                actions=lift, penalty_ids=[o.record["penalty_id"] for o in outputs if o.kind == "enforcement"],
+                appealable=False, event_time_ms=t, rule_id=cause,
+            ))
+        outputs.append(records.audit(
+            kind="appeal" if decision.kind == "appeal" else "review_verdict", user_id=decision.user_id,
+            cause=cause, event_time_ms=t, outcome=decision.verdict, rule_id=None, policy_name=self.policy.name,
+            policy_version=self.policy.version, incident_id=decision.incident_id,
+            ledger_before=before, ledger_after=current.summary(t),
+            detail={"moderator_id": decision.moderator_id, "strike_voided": voids and strike is not None},
+        ))
+        return Step(current, outputs, events)
+
+    def _remember(self, state: UserState, decision: Decision) -> UserState:
+        # Decision ids share the dedupe memory with alert ids: a redelivered decision is a no-op.
+        return state.with_(seen={**state.seen, decision.decision_id: decision.event_time_ms
+                                 + self.config.dedupe_horizon_ms})
 
     # ----------------------------------------------------------------- timers
     def on_timer(self, state: UserState | None, user_id: str, now_ms: int) -> Step:
@@ -271,6 +373,4 @@ def _replace_incident(state: UserState, incident: Incident) -> UserState:
 
 
 def records_json(alert: Alert) -> bytes:
-    import json
-
     return json.dumps(alert.to_json_dict(), separators=(",", ":"), sort_keys=True).encode("utf-8")

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-STATE_FORMAT = 1  # bump with a migration in decode() when the layout changes
+STATE_FORMAT = 2  # bump with a migration in decode() when the layout changes
 
 
 class Strike(NamedTuple):
@@ -49,6 +49,7 @@ class UserState:
     strikes: tuple[Strike, ...] = ()
     incidents: tuple[Incident, ...] = ()
     seen: dict[str, int] = field(default_factory=dict)  # alert_id -> forget at (event time ms)
+    sanction_incident: str = ""  # the incident whose rung set the current ban or suspension
 
     def is_empty_at(self, now_ms: int) -> bool:
         return (
@@ -109,6 +110,7 @@ class UserState:
                 [list(s) for s in self.strikes],
                 [list(i[:6]) + [list(i.alert_ids)] + list(i[7:]) for i in self.incidents],
                 self.seen,
+                self.sanction_incident,
             ],
             separators=(",", ":"),
         )
@@ -117,9 +119,13 @@ class UserState:
     def decode(text: str | None) -> UserState | None:
         if not text:
             return None
-        fmt, version, banned, until, strikes, incidents, seen = json.loads(text)
-        if fmt != STATE_FORMAT:
+        fields = json.loads(text)
+        fmt = fields[0]
+        if fmt == 1:  # format 1 had no sanction_incident
+            fields = [*fields, ""]
+        elif fmt != STATE_FORMAT:
             raise ValueError(f"unknown user state format {fmt}")
+        _, version, banned, until, strikes, incidents, seen, sanction = fields
         return UserState(
             user_version=version,
             banned=banned,
@@ -129,4 +135,5 @@ class UserState:
                 Incident(*i[:6], tuple(i[6]), *i[7:]) for i in incidents
             ),
             seen=seen,
+            sanction_incident=sanction,
         )

@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Iterator
 
 from connectors.alerts import Alert, Rejection, parse_alert
+from connectors.decisions import Decision, parse_decision
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore, Step
 from rules.ledger import UserState
@@ -27,6 +28,15 @@ def core_config(dedupe_horizon_ms: int | None = None, incident_window_ms: int | 
         dedupe_horizon_ms=default.dedupe_horizon_ms if dedupe_horizon_ms is None else dedupe_horizon_ms,
         incident_window_ms=default.incident_window_ms if incident_window_ms is None else incident_window_ms,
     )
+
+
+def _parse_line(line: bytes):
+    """An alert, a moderator decision (lines with a decision_id), or a rejection."""
+    if b'"decision_id"' in line:
+        decision = parse_decision(line)
+        if not isinstance(decision, Rejection):
+            return decision
+    return parse_alert(line)
 
 
 def dumps(obj) -> str:
@@ -83,6 +93,11 @@ class Simulator:
                 self.events[event] = self.events.get(event, 0) + 1
         return outputs
 
+    def on_decision(self, decision: Decision) -> list:
+        outputs = self.advance_to(decision.event_time_ms - 1)
+        step = self.core.on_decision(self.states.get(decision.user_id), decision)
+        return outputs + self._apply(decision.user_id, step)
+
     def drain(self) -> list:
         return self.advance_to(2**63 - 1)
 
@@ -92,11 +107,11 @@ def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = CoreConfig(
         shadow_policy: Policy | None = None) -> Iterator[str]:
     """Yield one JSON line per output record; rejected input lines come first, as records of
     kind "rejection" with the line number."""
-    alerts: list[tuple[int, int, Alert]] = []
+    alerts: list[tuple[int, int, Alert | Decision]] = []  # decisions too
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        parsed = parse_alert(line.rstrip(b"\r\n"))
+        parsed = _parse_line(line.rstrip(b"\r\n"))
         if isinstance(parsed, Rejection):
             yield dumps({"kind": "rejection", "key": parsed.user_id,
                          "record": {"line": number, "reason": parsed.reason, "detail": parsed.detail}})
@@ -113,7 +128,8 @@ def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = CoreConfig(
             if highest_ms is not None:
                 watermark_ms = highest_ms - max_out_of_orderness_ms - 1
             highest_ms = alert.event_time_ms if highest_ms is None else max(highest_ms, alert.event_time_ms)
-        for output in sim.on_alert(alert, watermark_ms):
+        outputs = sim.on_decision(alert) if isinstance(alert, Decision) else sim.on_alert(alert, watermark_ms)
+        for output in outputs:
             yield dumps(output._asdict())
     if drain:
         for output in sim.drain():

@@ -91,6 +91,12 @@ def render(record: dict, appeal_url: str | None) -> tuple[str, str]:
     if record["topic"] == "review_request":
         return (f"Review needed: {violation}",
                 f"An incident ({record['incident_id']}) of user {record['user_id']} needs human review.")
+    if record["topic"] in ("appeal_outcome", "review_outcome"):
+        what = "Your appeal" if record["topic"] == "appeal_outcome" else "A moderator review"
+        lifted = any(a["action"] == "lift" for a in record["actions"])
+        return (f"Decision on {violation} (incident {record['incident_id']})",
+                f"{what} of incident {record['incident_id']} was decided ({record['rule_id']})."
+                + ("\nThe penalty was lifted and the strike removed." if lifted else ""))
     lines = []
     for action in record["actions"]:
         name, until = action["action"], action.get("until_ms")
