@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 from pyflink.common import Row, Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedCoProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from connectors.alerts import REASONS, Alert, Source, parse_alert
+from connectors.alerts import REASONS, Alert, Rejection, Source, parse_alert
+from connectors.decisions import Decision, parse_decision
 from connectors.kafka import KEY_VALUE_TYPE
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore
@@ -24,6 +25,9 @@ ALERT_ROW_TYPE = Types.ROW([
     Types.DOUBLE(), Types.LONG(), Types.STRING(), Types.STRING(),
 ])
 USER_KEY_FIELD = 2
+# decision_id, kind, verdict, user_id, incident_id, moderator_id, event_time_ms
+DECISION_ROW_TYPE = Types.ROW([Types.STRING()] * 6 + [Types.LONG()])
+DECISION_USER_FIELD = 3
 
 DLQ_TAG = OutputTag("dlq", KEY_VALUE_TYPE)
 NOTIFICATION_TAG = OutputTag("notifications", KEY_VALUE_TYPE)
@@ -85,8 +89,31 @@ class ParseAlerts(ProcessFunction):
         ))
 
 
-class PenaltyFunction(KeyedProcessFunction):
-    """Keyed by user_id: dedupe, incidents, strike ledger and rules in one state value per user."""
+class ParseDecisions(ProcessFunction):
+    """Raw Kafka record of the decisions topic -> decision row, or a DLQ record (invalid_decision)."""
+
+    def open(self, runtime_context: RuntimeContext):
+        group = runtime_context.get_metrics_group()
+        self.decisions_in = group.counter("decisions_in")
+        self.rejected = group.add_group("reason", "invalid_decision").counter("decisions_rejected")
+
+    def process_element(self, value, ctx: ProcessFunction.Context):
+        topic, partition, offset, timestamp_ms, payload, size, _ = value
+        self.decisions_in.inc()
+        result = parse_decision(payload, Source(topic, partition, offset, timestamp_ms))
+        if isinstance(result, Rejection):
+            self.rejected.inc()
+            yield emit(dead_letter(
+                reason=result.reason, detail=result.detail, raw=result.raw, size_bytes=result.size_bytes,
+                topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
+            ))
+            return
+        yield Row(*result)
+
+
+class PenaltyFunction(KeyedCoProcessFunction):
+    """Keyed by user_id: dedupe, incidents, strike ledger and rules in one state value per user.
+    Input 1: alerts; input 2: moderator decisions (appeals, review verdicts)."""
 
     def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig,
                  shadow_bytes: bytes | None = None, shadow_file: str | None = None):
@@ -124,7 +151,12 @@ class PenaltyFunction(KeyedProcessFunction):
             return self.metrics.add_group(group, value).counter("decisions")
         return self.metrics.counter(name)
 
-    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+    def process_element2(self, value, ctx: KeyedCoProcessFunction.Context):
+        previous = UserState.decode(self.state.value())
+        step = self.core.on_decision(previous, Decision(*value))
+        yield from self._apply(previous, step, ctx)
+
+    def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
         previous = UserState.decode(self.state.value())
         alert = row_to_alert(value)
         watermark_ms = ctx.timer_service().current_watermark()
@@ -136,7 +168,7 @@ class PenaltyFunction(KeyedProcessFunction):
                 self._count([event])
                 yield emit(audit)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
         previous = UserState.decode(self.state.value())
         step = self.core.on_timer(previous, ctx.get_current_key(), timestamp)
         yield from self._apply(previous, step, ctx)

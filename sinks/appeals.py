@@ -1,0 +1,67 @@
+"""Appeal intake: a moderator's verdict on an appeal, accepted only with a valid appeal link.
+
+    PENALTY_APPEAL_SECRET=... python -m sinks.appeals decide --link URL --verdict granted|denied \
+        --moderator ID [--bootstrap-servers ...] [--topic decisions]
+
+The link (from the streamer's notification) is verified (HMAC signature, expiry) before a
+decision v1 record goes to the `decisions` topic, keyed by user id; the job then voids the strike
+and lifts what the incident caused, or records the denial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+from sinks.notifier import AppealTokenError, verify_appeal_link
+
+
+def decision_record(link: str, secret: bytes, verdict: str, moderator_id: str, now_ms: int) -> dict:
+    incident_id, user_id = verify_appeal_link(link, secret, now_ms)
+    if verdict not in ("granted", "denied"):
+        raise ValueError(f"an appeal verdict is granted or denied, not {verdict!r}")
+    # One decision per incident and verdict: a double submit is the same decision (deduped by the job).
+    decision_id = "appeal-" + hashlib.sha256(f"{incident_id}\x1f{verdict}".encode()).hexdigest()[:24]
+    return {"schema_version": 1, "decision_id": decision_id, "kind": "appeal", "verdict": verdict,
+            "user_id": user_id, "incident_id": incident_id, "moderator_id": moderator_id, "event_time_ms": now_ms}
+
+
+def submit(bootstrap: str, topic: str, record: dict) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer.produce(topic, key=record["user_id"].encode(), value=json.dumps(record).encode())
+    if producer.flush(30):
+        raise RuntimeError(f"the decision was not delivered to {bootstrap}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sinks.appeals", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("decide")
+    p.add_argument("--link", required=True)
+    p.add_argument("--verdict", required=True, choices=("granted", "denied"))
+    p.add_argument("--moderator", required=True)
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:19092")
+    p.add_argument("--topic", default="decisions")
+    args = parser.parse_args(argv)
+    secret = os.environ.get("PENALTY_APPEAL_SECRET")
+    if not secret:
+        print("appeals: set PENALTY_APPEAL_SECRET (the key that signs appeal links)", file=sys.stderr)
+        return 2
+    try:
+        record = decision_record(args.link, secret.encode(), args.verdict, args.moderator, int(time.time() * 1000))
+    except AppealTokenError as exc:
+        print(f"appeals: rejected: {exc}", file=sys.stderr)
+        return 1
+    submit(args.bootstrap_servers, args.topic, record)
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""End to end on the real stack: alerts -> job -> applier (Redis) and notifier (SMTP) -> a granted
+appeal on `decisions` -> the suspension is lifted in Redis and the strike voided."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+
+import pytest
+import redis
+
+from jobs.config import Topics
+from jobs.localstack import create_topics
+from sinks import applier, notifier
+from sinks.appeals import decision_record, submit
+
+from .conftest import HOUR_MS, alert_bytes
+from .stack_helpers import JobProcess, produce, read_committed
+from .test_notifier import SECRET, smtp_server  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.stack
+
+
+def wait_until(predicate, timeout_s, what, job=None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out: {what}" + (f"\n{job.tail()}" if job else ""))
+
+
+def test_alert_to_redis_email_appeal_and_lift(stack, smtp_server, tmp_path):  # noqa: F811
+    controller, inbox = smtp_server
+    topics = Topics().prefixed("e2e-")
+    create_topics(stack.bootstrap, topics.partitions())
+    client = redis.Redis.from_url(stack.redis_url)
+    client.flushdb()
+    now = int(time.time() * 1000)
+    produce(stack.bootstrap, topics.alerts, [
+        alert_bytes(alert_id="e1", user_id="u-e", stream_id="live-1", event_time_ms=now - 2 * HOUR_MS),
+        alert_bytes(alert_id="e2", user_id="u-e", stream_id="live-2", event_time_ms=now - HOUR_MS),
+    ])
+    job = JobProcess(["--bootstrap-servers", stack.bootstrap, "--topic-prefix", "e2e-", "--group-id", "e2e-job",
+                      "--transactional-id-prefix", "e2e", "--starting-offsets", "earliest", "--idleness-ms", "1000",
+                      "--checkpoint-dir", str(tmp_path / "ck")], tmp_path / "job.log")
+    stop = threading.Event()
+    services = [
+        threading.Thread(target=applier.run, kwargs=dict(bootstrap=stack.bootstrap, redis_url=stack.redis_url,
+                                                          topic=topics.enforcement, group_id="e2e-applier",
+                                                          stop=stop.is_set)),
+        threading.Thread(target=notifier.run, kwargs=dict(
+            bootstrap=stack.bootstrap, topic=topics.notifications, group_id="e2e-notifier", stop=stop.is_set,
+            notifier=notifier.Notifier(client, notifier.SmtpConfig("127.0.0.1", controller.port), SECRET,
+                                       "https://appeals.example.test/appeal"))),
+    ]
+    # Start the consumers once the job's transactional producers are set up (first checkpoint):
+    # on this broker a read_committed consumer running across a fencing may skip a transaction
+    # (../shared/PLATFORM.md); Apache Kafka does not.
+    wait_until(lambda: list((tmp_path / "ck").glob("*/chk-*/_metadata")), 90, "the first checkpoint", job)
+    for service in services:
+        service.start()
+    try:
+        user = "penalty:user:u-e"
+        wait_until(lambda: client.hget(user, "status") == b"suspended", 120, "suspension in Redis", job)
+        assert int(client.hget(user, "until_ms")) == now - HOUR_MS + 24 * HOUR_MS
+        assert client.hget("penalty:stream:live-2", "stopped") == b"1"
+        assert [e[1][b"stream_id"] for e in client.xrange("penalty:commands")] == [b"live-2"]
+        wait_until(lambda: any("suspended until" in m for m in inbox.messages), 60, "the suspension email")
+        email = next(m for m in inbox.messages if "suspended until" in m)
+        link = re.search(r"appeal here: (\S+)", email).group(1)
+
+        with pytest.raises(Exception, match="signature"):
+            decision_record(link.replace("u-e", "u-x"), SECRET, "granted", "mod-1", now)
+        submit(stack.bootstrap, topics.decisions, decision_record(link, SECRET, "granted", "mod-1", now))
+        wait_until(lambda: client.hget(user, "status") == b"active", 120, "the lift in Redis", job)
+        assert client.hget(user, "until_ms") == b"0"
+        wait_until(lambda: sum("was decided" in m for m in inbox.messages) == 1, 60, "the appeal outcome email")
+        # Malformed and unknown decisions go to the DLQ with a reason; the job keeps going.
+        unknown = {**decision_record(link, SECRET, "denied", "mod-1", now), "incident_id": "inc_" + "0" * 24}
+        produce(stack.bootstrap, topics.decisions, [b"{not a decision", json.dumps(unknown).encode()])
+        dlq = read_committed(stack.bootstrap, topics.dlq, 2, timeout_s=60)
+    finally:
+        stop.set()
+        for service in services:
+            service.join(timeout=30)
+        job.kill(signal.SIGTERM)
+    audit = [a["record"] for a in read_committed(stack.bootstrap, topics.audit, 3, timeout_s=30)]
+    [appeal] = [a for a in audit if a["kind"] == "appeal"]
+    assert appeal["outcome"] == "granted" and appeal["detail"]["strike_voided"]
+    assert appeal["ledger_before"]["strike_points"] == {"standard": 2}
+    assert appeal["ledger_after"]["strike_points"] == {"standard": 1}
+    assert sorted((d["record"]["reason"], d["record"]["source"]["topic"] or "-") for d in dlq) == [
+        ("invalid_decision", "-"), ("invalid_decision", topics.decisions)]
+    assert any("no active strike for incident inc_000" in d["record"]["detail"] for d in dlq)
