@@ -193,6 +193,13 @@ def start_stack(data_dir: Path, kafka_port: int | None = None, redis_port: int |
     return Stack(kafka_service, redis_service, data_dir)
 
 
+def record_stack(stack: Stack) -> None:
+    """Write .run/stack.json: what `down` (`make stop`) stops."""
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps({"kafka": [stack.kafka.pid, stack.kafka.port],
+                                      "redis": [stack.redis.pid, stack.redis.port]}))
+
+
 def _up(args) -> int:
     if STATE_FILE.exists():
         print(f"stack already recorded in {STATE_FILE}; run `make stop` first", file=sys.stderr)
@@ -201,9 +208,7 @@ def _up(args) -> int:
     from jobs.config import Topics
 
     create_topics(stack.bootstrap, Topics().partitions())
-    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    STATE_FILE.write_text(json.dumps({"kafka": [stack.kafka.pid, stack.kafka.port],
-                                      "redis": [stack.redis.pid, stack.redis.port]}))
+    record_stack(stack)
     print(f"kafka {stack.bootstrap}  redis {stack.redis_url}")
     return 0
 

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run: {exc}", file=sys.stderr)
         return 1
     print(f"local stack: kafka {stack.bootstrap}, redis {stack.redis_url} (logs in .run/stack)")
+    localstack.record_stack(stack)  # so `make stop` can clean up if this process is killed
     job = None
     try:
         topics = job_config.Topics()
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - shutting down anyway
                 print(f"cancel: {exc}", file=sys.stderr)
         stack.stop()
+        localstack.STATE_FILE.unlink(missing_ok=True)
         print("stopped: job cancelled, broker and Redis stopped")
 
 
