@@ -11,7 +11,6 @@ import argparse
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `flink run -py jobs/penalty_job.py`: make the packages importable

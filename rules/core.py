@@ -16,10 +16,9 @@ Semantics, in order, for an alert:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import NamedTuple
-
-import json
 
 from connectors.alerts import Alert
 from connectors.decisions import Decision

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rules.loader import load_policy, parse_policy
+from rules.loader import parse_policy
 from rules.simulate import run
 
 from .conftest import DAY_MS, DEFAULT_RULES, REPO, T0_MS, alert_bytes

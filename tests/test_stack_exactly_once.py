@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from jobs.config import Topics
-from jobs.generator import AlertGenerator, Mix, produce as produce_paced
+from jobs.generator import AlertGenerator, Mix
+from jobs.generator import produce as produce_paced
 from jobs.localstack import create_topics
 
 from .conftest import DEFAULT_RULES, HOUR_MS, REPO, alert_bytes
