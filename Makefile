@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup run test test-fast bench stack stop clean lint
+.PHONY: setup run test test-fast bench stack stop clean lint cluster cluster-stop
 
 setup:
 	@bash scripts/setup.sh
@@ -22,7 +22,18 @@ bench: setup  ## alert -> enforcement latency on the local stack (not part of th
 stack: setup  ## broker + Redis in the background on 19092 / 16379
 	@$(PY) -m jobs.localstack up
 
+cluster: setup  ## local standalone Flink cluster + broker + Redis, job submitted with `flink run -py`
+	@$(PY) -m jobs.localstack status | grep -q kafka || $(PY) -m jobs.localstack up
+	@$(PY) -m jobs.cluster up
+	@$(PY) -m jobs.cluster submit -- --bootstrap-servers 127.0.0.1:19092 $(ARGS)
+
+cluster-stop:  ## stop the cluster's jobs with a savepoint, then the cluster, broker and Redis
+	@$(PY) -m jobs.cluster stop-job || true
+	@$(PY) -m jobs.cluster down
+	@$(PY) -m jobs.localstack down
+
 stop:  ## stop what `make stack` or an interrupted run left behind
+	@if [ -x $(PY) ] && [ -d .run/cluster/pids ]; then $(PY) -m jobs.cluster down; fi
 	@if [ -x $(PY) ]; then $(PY) -m jobs.localstack down; fi
 
 lint: setup

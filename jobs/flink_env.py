@@ -13,7 +13,7 @@ from jobs.config import REPO_ROOT, JobConfig
 
 FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
 # Cluster-only settings that make no sense inside the embedded mini-cluster.
-CLUSTER_ONLY = ("metrics.reporters", "metrics.reporter.", "jobmanager.", "taskmanager.memory.", "rest.")
+CLUSTER_ONLY = ("metrics.reporters", "metrics.reporter.", "jobmanager.", "taskmanager.memory.", "rest.", "env.")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -35,15 +35,18 @@ def load_flink_conf(path: Path = FLINK_CONF) -> dict[str, str]:
 
 
 def settings_for(config: JobConfig, embedded: bool) -> dict[str, str]:
-    settings = load_flink_conf()
+    """Embedded: flink-conf/config.yaml is the job's whole configuration. On a cluster the cluster's
+    own configuration (the same file, deployed as its FLINK_CONF_DIR) applies, and the job sets only
+    its parallelism and the per-run overrides, so an operator's cluster settings are not shadowed."""
+    settings: dict[str, str] = {}
     if embedded:
-        settings = {k: v for k, v in settings.items() if not k.startswith(CLUSTER_ONLY)}
+        settings = {k: v for k, v in load_flink_conf().items() if not k.startswith(CLUSTER_ONLY)}
         settings["execution.checkpointing.dir"] = (REPO_ROOT / ".run" / "checkpoints").as_uri()
         settings["execution.checkpointing.savepoint-dir"] = (REPO_ROOT / ".run" / "savepoints").as_uri()
+        # Thread mode runs Python inside the JVM: it must be this interpreter (the venv's).
+        settings["python.executable"] = sys.executable
+        settings["python.client.executable"] = sys.executable
     settings["parallelism.default"] = str(config.parallelism)
-    # Thread mode runs Python inside the JVM: it must be this interpreter (the venv's).
-    settings["python.executable"] = sys.executable
-    settings["python.client.executable"] = sys.executable
     settings.update(dict(config.flink_conf))
     return settings
 

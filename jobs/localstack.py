@@ -146,15 +146,15 @@ def start_redis(port: int, data_dir: Path, timeout_s: float = 15.0, persist: boo
     raise StackError(f"redis-server did not answer PING within {timeout_s:.0f} s")
 
 
-def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
-    """Create topics (idempotent) with retention disabled: the broker applies retention by record
-    timestamp, and alerts carry old event times in tests and replays."""
+def create_topics(bootstrap: str, partitions: dict[str, int], retention_ms: int = -1, replication: int = 1) -> None:
+    """Create topics (idempotent). Locally retention is disabled: noida-db applies retention by
+    record timestamp, and alerts carry old event times in tests and replays."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [NewTopic(name, num_partitions=n, replication_factor=1, config={"retention.ms": "-1"})
+    wanted = [NewTopic(name, num_partitions=n, replication_factor=replication, config={"retention.ms": str(retention_ms)})
               for name, n in partitions.items() if name not in existing]
     for name, future in admin.create_topics(wanted).items() if wanted else []:
         try:
@@ -233,8 +233,20 @@ def main(argv=None) -> int:
     up.add_argument("--redis-port", type=int, default=16379)
     sub.add_parser("down", help="stop what `up` (or an interrupted run) started")
     sub.add_parser("status")
+    topics = sub.add_parser("create-topics", help="create the job's topics on any Kafka cluster (idempotent)")
+    topics.add_argument("--bootstrap-servers", required=True)
+    topics.add_argument("--prefix", default="")
+    topics.add_argument("--retention-ms", type=int, default=-1)
+    topics.add_argument("--replication", type=int, default=1)
     args = parser.parse_args(argv)
     try:
+        if args.cmd == "create-topics":
+            from jobs.config import Topics
+
+            create_topics(args.bootstrap_servers, Topics().prefixed(args.prefix).partitions(), args.retention_ms,
+                          args.replication)
+            print(f"topics ready on {args.bootstrap_servers}")
+            return 0
         if args.cmd == "up":
             return _up(args)
         if args.cmd == "down":

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.cluster:
-        env.execute("penalty-job")
+        job = env.execute_async("penalty-job")  # `flink run -d`: submit and return
+        print(f"penalty job {job.get_job_id()} submitted", flush=True)
         return 0
     return run_embedded(env, args.savepoint_on_stop)
 

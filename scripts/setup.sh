@@ -11,6 +11,8 @@ JARS=$CACHE/jars
 LIBS_PKG="shigawire-apache-flink-libraries==2.0.0.post1"
 CONNECTOR_SHA=842885a51c768b2f31c946a2071656c166ee8cc6d3c02fe6c557e134e03bf228
 CLIENTS_SHA=7568b998572d256f0b7bc0afdc1b7a2588b8b08415c62ce314c864a6851ae9d9
+EXTRAS=${PENALTY_EXTRAS:-dev}        # the container image installs [runtime] deps only: PENALTY_EXTRAS=""
+WITH_REDIS=${PENALTY_WITH_REDIS:-1}  # the container image has no local Redis: 0
 
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*"; }
@@ -27,12 +29,12 @@ mkdir -p "$CACHE" "$JARS"
 
 # 1. venv, reinstalled only when setup.cfg changes.
 stamp=$VENV/.setup-cfg.sha256
-want=$(sha256sum setup.cfg | cut -d' ' -f1)
+want=$( (cat setup.cfg; echo "extras=$EXTRAS") | sha256sum | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "creating venv and installing Python packages (first run takes about a minute)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip 'setuptools>=75.3,<82' wheel
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}"
   echo "$want" > "$stamp"
 fi
 
@@ -79,7 +81,7 @@ if [ ! -f "$JARS/penalty-connectors.jar" ] || [ "$(cat "$JARS/penalty-connectors
 fi
 
 # 4. redis-server (Debian package).
-if ! command -v redis-server >/dev/null 2>&1; then
+if [ "$WITH_REDIS" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing redis-server"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null \

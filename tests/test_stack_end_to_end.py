@@ -30,10 +30,11 @@ def test_alert_to_redis_email_appeal_and_lift(stack, smtp_server, tmp_path):  # 
     client = redis.Redis.from_url(stack.redis_url)
     client.flushdb()
     now = int(time.time() * 1000)
+    # One partition: the job decides in arrival order, so the oracle needs e1 read before e2.
     produce(stack.bootstrap, topics.alerts, [
         alert_bytes(alert_id="e1", user_id="u-e", stream_id="live-1", event_time_ms=now - 2 * HOUR_MS),
         alert_bytes(alert_id="e2", user_id="u-e", stream_id="live-2", event_time_ms=now - HOUR_MS),
-    ])
+    ], partition=0)
     job = JobProcess(["--bootstrap-servers", stack.bootstrap, "--topic-prefix", "e2e-", "--group-id", "e2e-job",
                       "--transactional-id-prefix", "e2e", "--starting-offsets", "earliest", "--idleness-ms", "1000",
                       "--checkpoint-dir", str(tmp_path / "ck")], tmp_path / "job.log")
