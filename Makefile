@@ -16,8 +16,8 @@ test: setup  ## the whole suite: pure, mini-cluster and real-stack tests
 test-fast: setup  ## pure tests only (no JVM, no broker)
 	@$(PY) -m pytest -q -m "not minicluster and not stack" $(ARGS)
 
-bench: setup  ## alert -> enforcement latency on the local stack (not part of the tests)
-	@$(PY) -m jobs.bench latency $(ARGS)
+bench: setup  ## throughput (1M alerts) and latency of the whole job on the local stack (not a test)
+	@$(PY) -m jobs.bench all $(ARGS)
 
 stack: setup  ## broker + Redis in the background on 19092 / 16379
 	@$(PY) -m jobs.localstack up

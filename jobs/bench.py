@@ -1,8 +1,15 @@
-"""End-to-end latency benchmark on the local stack: alert produced -> enforcement visible to a
-read_committed consumer, at a steady rate. Prints one JSON line and a short table.
+"""Benchmarks of the whole job on the local stack (noida-db, Flink mini-cluster, parallelism 2).
 
+    python -m jobs.bench throughput [--alerts 1000000] [--users 100000] [--zipf-s 1.0]
+        pre-produces a realistic mix, runs the job exactly-once from the earliest offset until
+        every input offset is committed by a checkpoint (so every output of it is committed
+        too); reports alerts/s, peak RSS of the job's process tree, checkpoint duration and
+        size, checkpointed state bytes per user.
     python -m jobs.bench latency [--rate 1000] [--seconds 60] [--delivery exactly_once]
-                                 [--checkpoint-interval-ms 250]        (`make bench`)
+        steady rate; alert produced -> enforcement visible to a read_committed consumer.
+    python -m jobs.bench all     both (`make bench`), one JSON summary line.
+
+Each prints one JSON line and a short human table. Not part of the tests (a smoke run is).
 """
 
 from __future__ import annotations
@@ -10,11 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from jobs import config as job_config
@@ -108,20 +118,166 @@ def measure_latency(args) -> dict:
     }
 
 
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of a process and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            ppid, pages = int(fields[1]), int(fields[21])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def _rest(port: int, path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+        return json.load(resp)
+
+
+def committed_and_end(bootstrap: str, topic: str, group: str) -> tuple[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in parts]
+        committed = sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+        end = sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+        return committed, end
+    finally:
+        consumer.close()
+
+
+def measure_throughput(args) -> dict:
+    from jobs.generator import AlertGenerator, produce
+
+    data = Path(tempfile.mkdtemp(prefix="penalty-bench-"))
+    stack = localstack.start_stack(data)
+    topics = job_config.Topics()
+    localstack.create_topics(stack.bootstrap, topics.partitions())
+    job = None
+    try:
+        generator = AlertGenerator(seed=args.seed, users=args.users, zipf_s=args.zipf_s,
+                                   start_ms=int(time.time() * 1000) - args.alerts * 50)
+        t0 = time.monotonic()
+        produced = produce(stack.bootstrap, topics.alerts, generator.payloads(args.alerts))
+        produce_s = time.monotonic() - t0
+        rest_port = localstack.free_port()
+        group = "bench-throughput"
+        cmd = [sys.executable, "-m", "jobs.penalty_job", "--bootstrap-servers", stack.bootstrap,
+               "--starting-offsets", "earliest", "--group-id", group, "--delivery", "exactly_once",
+               "--checkpoint-dir", str(data / "checkpoints"), "--conf", f"rest.port={rest_port}",
+               "--conf", "rest.address=127.0.0.1", "--parallelism", str(args.parallelism)]
+        if args.checkpoint_interval_ms:
+            cmd += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
+        log = open(data / "job.log", "wb")  # noqa: SIM115 - closed in finally
+        job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        peak_rss, started, job_id, checkpoints = 0, None, None, []
+        deadline = time.monotonic() + args.timeout_s
+        committed = end = 0
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if job.poll() is not None:
+                raise RuntimeError(f"the job exited with {job.returncode}; see {data / 'job.log'}")
+            peak_rss = max(peak_rss, tree_rss_bytes(job.pid))
+            try:
+                if job_id is None:
+                    running = [j["id"] for j in _rest(rest_port, "/jobs")["jobs"] if j["status"] == "RUNNING"]
+                    if running:
+                        job_id, started = running[0], time.monotonic()
+                    continue
+                latest = _rest(rest_port, f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
+                if latest and (not checkpoints or checkpoints[-1]["id"] != latest["id"]):
+                    checkpoints.append(latest)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            committed, end = committed_and_end(stack.bootstrap, topics.alerts, group)
+            if end and committed >= end:
+                break
+        finished = time.monotonic()
+        done = end > 0 and committed >= end
+        elapsed = finished - started if started else float("nan")
+        outputs = {name: committed_and_end(stack.bootstrap, getattr(topics, name), "bench-count")[1]
+                   for name in ("enforcement", "notifications", "audit", "review", "dlq")}
+        durations = [c["end_to_end_duration"] for c in checkpoints[1:]] or [0]
+        last = checkpoints[-1] if checkpoints else {}
+        users_seen = args.users  # upper bound of users with state: every user the generator can pick
+        full_size = last.get("full_size", last.get("state_size", 0))
+        return {
+            "benchmark": "throughput", "alerts": produced, "users": args.users, "zipf_s": args.zipf_s,
+            "delivery": "exactly_once", "parallelism": args.parallelism,
+            "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "cpus": os.cpu_count(),
+            "completed": done, "input_committed": committed, "input_end": end,
+            "produce_s": round(produce_s, 1), "job_s": round(elapsed, 1),
+            "alerts_per_s": round(produced / elapsed) if done else None,
+            "output_end_offsets": outputs, "peak_rss_mb": round(peak_rss / 2**20),
+            "checkpoints": len(checkpoints), "checkpoint_p50_ms": round(statistics.median(durations)),
+            "checkpoint_max_ms": max(durations), "checkpoint_full_size_bytes": full_size,
+            "state_bytes_per_user": round(full_size / users_seen) if users_seen else None,
+        }
+    finally:
+        if job is not None and job.poll() is None:
+            localstack._stop_group(job.pid, proc=job)
+        stack.stop()
+        if not args.keep:
+            shutil.rmtree(data, ignore_errors=True)
+
+
+def throughput_table(r: dict) -> str:
+    return (f"throughput: {r['alerts']} alerts ({r['users']} users, zipf {r['zipf_s']}) in {r['job_s']} s "
+            f"= {r['alerts_per_s']} alerts/s exactly-once, parallelism {r['parallelism']} on {r['cpus']} cpus\n"
+            f"  output end offsets {r['output_end_offsets']}\n  peak RSS {r['peak_rss_mb']} MB; {r['checkpoints']} checkpoints, "
+            f"p50 {r['checkpoint_p50_ms']} ms, max {r['checkpoint_max_ms']} ms, last full size "
+            f"{r['checkpoint_full_size_bytes']} B = {r['state_bytes_per_user']} B/user")
+
+
+def latency_table(r: dict) -> str:
+    return (f"latency ({r['delivery']}, {r['rate_per_s']}/s for {r['seconds']} s): {r['seen']}/{r['sent']} enforced; "
+            f"p50 {r['p50_s']} s, p95 {r['p95_s']} s, p99 {r['p99_s']} s, max {r['max_s']} s")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("latency")
-    p.add_argument("--rate", type=float, default=1000)
-    p.add_argument("--seconds", type=float, default=60)
-    p.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default="exactly_once")
-    p.add_argument("--checkpoint-interval-ms", type=int, default=None)
+    for name in ("throughput", "latency", "all"):
+        p = sub.add_parser(name)
+        p.add_argument("--checkpoint-interval-ms", type=int, default=None)
+        p.add_argument("--parallelism", type=int, default=2)
+        if name in ("throughput", "all"):
+            p.add_argument("--alerts", type=int, default=1_000_000)
+            p.add_argument("--users", type=int, default=100_000)
+            p.add_argument("--zipf-s", type=float, default=1.0, help="skew of repeat offenders")
+            p.add_argument("--seed", type=int, default=7)
+            p.add_argument("--timeout-s", type=float, default=3600)
+            p.add_argument("--keep", action="store_true", help="keep broker data, checkpoints and job log")
+        if name in ("latency", "all"):
+            p.add_argument("--rate", type=float, default=2000)
+            p.add_argument("--seconds", type=float, default=60)
+            p.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default="exactly_once")
     args = parser.parse_args(argv)
-    result = measure_latency(args)
-    print(json.dumps(result))
-    print(f"{result['delivery']}: {result['seen']}/{result['sent']} alerts enforced; latency p50 {result['p50_s']} s, "
-          f"p95 {result['p95_s']} s, p99 {result['p99_s']} s, max {result['max_s']} s", file=sys.stderr)
-    return 0 if result["seen"] == result["sent"] else 1
+    results = {}
+    if args.cmd in ("throughput", "all"):
+        results["throughput"] = measure_throughput(args)
+        print(throughput_table(results["throughput"]), file=sys.stderr)
+    if args.cmd in ("latency", "all"):
+        results["latency"] = measure_latency(args)
+        print(latency_table(results["latency"]), file=sys.stderr)
+    print(json.dumps(results[args.cmd] if args.cmd != "all" else results))
+    ok = all(r.get("completed", True) for r in results.values()) and \
+        all(r["seen"] == r["sent"] for r in results.values() if "seen" in r)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

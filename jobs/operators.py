@@ -130,6 +130,36 @@ class ParseDecisions(ProcessFunction):
         yield Row(*result)
 
 
+class DecodedCache:
+    """Decoded user states of recently active heavy users. Decoding a large state (a user with
+    thousands of alert ids in the dedupe horizon) costs more than the whole decision, and the
+    operator is the only writer of its keyed state: keep what it wrote and reuse it while the
+    stored text is still exactly that (compared, so restores and rescaling stay correct)."""
+
+    def __init__(self, min_bytes: int = 2048, max_entries: int = 1024):
+        self.min_bytes = min_bytes
+        self.max_entries = max_entries
+        self.by_user: dict[str, tuple[str, UserState]] = {}
+
+    def load(self, user: str, text: str | None) -> UserState | None:
+        if text is None or len(text) < self.min_bytes:
+            return UserState.decode(text)
+        hit = self.by_user.get(user)
+        if hit is not None and hit[0] == text:
+            return hit[1]
+        state = UserState.decode(text)
+        self.remember(user, text, state)
+        return state
+
+    def remember(self, user: str, text: str, state: UserState) -> None:
+        if len(text) < self.min_bytes:
+            self.by_user.pop(user, None)
+            return
+        if user not in self.by_user and len(self.by_user) >= self.max_entries:
+            self.by_user.pop(next(iter(self.by_user)))  # oldest entry
+        self.by_user[user] = (text, state)
+
+
 class PenaltyFunction(KeyedCoProcessFunction):
     """Keyed by user_id: dedupe, incidents, strike ledger and rules in one state value per user.
     Input 1: alerts; input 2: moderator decisions (appeals, review verdicts)."""
@@ -149,6 +179,7 @@ class PenaltyFunction(KeyedCoProcessFunction):
         if self.shadow_bytes is not None:
             self.shadow = PenaltyCore(parse_policy(self.shadow_bytes, self.shadow_file), self.core_config)
         self.state = runtime_context.get_state(ValueStateDescriptor("user-state", Types.STRING()))
+        self.decoded = DecodedCache()
         self.metrics = runtime_context.get_metrics_group()
         self.counters = {}
         # Alert event time -> decision (enforcement or review request) emitted, in ms.
@@ -173,18 +204,18 @@ class PenaltyFunction(KeyedCoProcessFunction):
         return self.metrics.counter(name)
 
     def process_element2(self, value, ctx: KeyedCoProcessFunction.Context):
-        previous = UserState.decode(self.state.value())
+        previous = self.decoded.load(value[DECISION_USER_FIELD], self.state.value())
         step = self.core.on_decision(previous, Decision(*value))
-        yield from self._apply(previous, step, ctx)
+        yield from self._apply(value[DECISION_USER_FIELD], previous, step, ctx)
 
     def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
-        previous = UserState.decode(self.state.value())
+        previous = self.decoded.load(value[USER_KEY_FIELD], self.state.value())
         alert = row_to_alert(value)
         watermark_ms = ctx.timer_service().current_watermark()
         step = self.core.on_alert(previous, alert, watermark_ms)
         if any(output.kind in DECISION_KINDS for output in step.outputs):
             self.decision_latency(max(0, int(time.time() * 1000) - alert.event_time_ms))
-        yield from self._apply(previous, step, ctx)
+        yield from self._apply(alert.user_id, previous, step, ctx)
         if self.shadow is not None:
             audit, event = shadow.compare(self.shadow, self.core.policy.version, previous, alert, watermark_ms, step)
             if audit is not None:
@@ -192,16 +223,20 @@ class PenaltyFunction(KeyedCoProcessFunction):
                 yield emit(audit)
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
-        previous = UserState.decode(self.state.value())
-        step = self.core.on_timer(previous, ctx.get_current_key(), timestamp)
-        yield from self._apply(previous, step, ctx)
+        user = ctx.get_current_key()
+        previous = self.decoded.load(user, self.state.value())
+        step = self.core.on_timer(previous, user, timestamp)
+        yield from self._apply(user, previous, step, ctx)
 
-    def _apply(self, previous, step, ctx):
+    def _apply(self, user: str, previous, step, ctx):
         if step.state is not previous:
             if step.state is None:
                 self.state.clear()
+                self.decoded.by_user.pop(user, None)
             else:
-                self.state.update(step.state.encode())
+                text = step.state.encode()
+                self.state.update(text)
+                self.decoded.remember(user, text, step.state)
         # One timer per user, at the next expiry: move it when the core's answer changes.
         old_wake = previous.next_wake_ms() if previous is not None else None
         new_wake = step.state.next_wake_ms() if step.state is not None else None

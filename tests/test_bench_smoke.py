@@ -1,0 +1,27 @@
+"""Smoke run of the throughput benchmark (`make bench` runs the real one): a few thousand alerts
+through the whole job exactly-once on a fresh local stack. It fails only if the pipeline is
+broken (the job does not commit every input, or produces no output); no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.stack
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_throughput_benchmark_smoke():
+    done = subprocess.run([sys.executable, "-m", "jobs.bench", "throughput", "--alerts", "3000", "--users", "500",
+                           "--timeout-s", "240"], cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["completed"] and result["input_committed"] == result["input_end"] == 3000
+    assert result["output_end_offsets"]["enforcement"] > 0 and result["output_end_offsets"]["audit"] > 0
+    assert result["output_end_offsets"]["dlq"] > 0  # the mix has malformed records
+    assert result["peak_rss_mb"] > 0 and result["checkpoints"] >= 1
+    assert "alerts/s exactly-once" in done.stderr
