@@ -8,14 +8,14 @@ import time
 
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedCoProcessFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from connectors.alerts import REASONS, Alert, Rejection, Source, parse_alert
 from connectors.decisions import Decision, parse_decision
 from connectors.kafka import KEY_VALUE_TYPE
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore
-from rules.ledger import UserState
+from rules.ledger import CODECS, DELETED, MAP_NAMES, UserState
 from rules.loader import parse_policy
 from rules.records import Output, dead_letter
 
@@ -130,34 +130,17 @@ class ParseDecisions(ProcessFunction):
         yield Row(*result)
 
 
-class DecodedCache:
-    """Decoded user states of recently active heavy users. Decoding a large state (a user with
-    thousands of alert ids in the dedupe horizon) costs more than the whole decision, and the
-    operator is the only writer of its keyed state: keep what it wrote and reuse it while the
-    stored text is still exactly that (compared, so restores and rescaling stay correct)."""
+class MapStateBase:
+    """One keyed map of the current user (rules.ledger.MAP_NAMES) read from Flink MapState, one
+    entry at a time, decoded with the map's codec."""
 
-    def __init__(self, min_bytes: int = 2048, max_entries: int = 1024):
-        self.min_bytes = min_bytes
-        self.max_entries = max_entries
-        self.by_user: dict[str, tuple[str, UserState]] = {}
+    def __init__(self, map_state, decode):
+        self.map_state = map_state
+        self.decode = decode
 
-    def load(self, user: str, text: str | None) -> UserState | None:
-        if text is None or len(text) < self.min_bytes:
-            return UserState.decode(text)
-        hit = self.by_user.get(user)
-        if hit is not None and hit[0] == text:
-            return hit[1]
-        state = UserState.decode(text)
-        self.remember(user, text, state)
-        return state
-
-    def remember(self, user: str, text: str, state: UserState) -> None:
-        if len(text) < self.min_bytes:
-            self.by_user.pop(user, None)
-            return
-        if user not in self.by_user and len(self.by_user) >= self.max_entries:
-            self.by_user.pop(next(iter(self.by_user)))  # oldest entry
-        self.by_user[user] = (text, state)
+    def get(self, key: str):
+        text = self.map_state.get(key)
+        return None if text is None else self.decode(text)
 
 
 class PenaltyFunction(KeyedCoProcessFunction):
@@ -178,8 +161,13 @@ class PenaltyFunction(KeyedCoProcessFunction):
         self.shadow = None
         if self.shadow_bytes is not None:
             self.shadow = PenaltyCore(parse_policy(self.shadow_bytes, self.shadow_file), self.core_config)
+        # The ledger (one small value) and the user's maps of seen ids, incidents and expiry
+        # queues, read and written an entry at a time: a step's cost does not grow with history.
         self.state = runtime_context.get_state(ValueStateDescriptor("user-state", Types.STRING()))
-        self.decoded = DecodedCache()
+        self.maps = {name: runtime_context.get_map_state(MapStateDescriptor(f"user-{name}", Types.STRING(),
+                                                                           Types.STRING()))
+                     for name in MAP_NAMES}
+        self.bases = {name: MapStateBase(self.maps[name], CODECS[name][1]) for name in MAP_NAMES}
         self.metrics = runtime_context.get_metrics_group()
         self.counters = {}
         # Alert event time -> decision (enforcement or review request) emitted, in ms.
@@ -203,40 +191,50 @@ class PenaltyFunction(KeyedCoProcessFunction):
             return self.metrics.add_group(group, value).counter("decisions")
         return self.metrics.counter(name)
 
+    def _load(self) -> UserState | None:
+        return UserState.decode(self.state.value(), self.bases, self.core_config.incident_window_ms)
+
+    def _write(self, name: str, key: str, value) -> None:
+        if value is DELETED:
+            self.maps[name].remove(key)
+        else:
+            self.maps[name].put(key, CODECS[name][0](value))
+
     def process_element2(self, value, ctx: KeyedCoProcessFunction.Context):
-        previous = self.decoded.load(value[DECISION_USER_FIELD], self.state.value())
+        previous = self._load()
         step = self.core.on_decision(previous, Decision(*value))
-        yield from self._apply(value[DECISION_USER_FIELD], previous, step, ctx)
+        yield from self._apply(previous, step, ctx)
 
     def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
-        previous = self.decoded.load(value[USER_KEY_FIELD], self.state.value())
+        previous = self._load()
         alert = row_to_alert(value)
         watermark_ms = ctx.timer_service().current_watermark()
         step = self.core.on_alert(previous, alert, watermark_ms)
         if any(output.kind in DECISION_KINDS for output in step.outputs):
             self.decision_latency(max(0, int(time.time() * 1000) - alert.event_time_ms))
-        yield from self._apply(alert.user_id, previous, step, ctx)
-        if self.shadow is not None:
+        audit = None
+        if self.shadow is not None:  # reads the state before the live step is written
             audit, event = shadow.compare(self.shadow, self.core.policy.version, previous, alert, watermark_ms, step)
             if audit is not None:
                 self._count([event])
-                yield emit(audit)
+        yield from self._apply(previous, step, ctx)
+        if audit is not None:
+            yield emit(audit)
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
-        user = ctx.get_current_key()
-        previous = self.decoded.load(user, self.state.value())
-        step = self.core.on_timer(previous, user, timestamp)
-        yield from self._apply(user, previous, step, ctx)
+        previous = self._load()
+        step = self.core.on_timer(previous, ctx.get_current_key(), timestamp)
+        yield from self._apply(previous, step, ctx)
 
-    def _apply(self, user: str, previous, step, ctx):
+    def _apply(self, previous, step, ctx):
         if step.state is not previous:
             if step.state is None:
                 self.state.clear()
-                self.decoded.by_user.pop(user, None)
+                for map_state in self.maps.values():
+                    map_state.clear()
             else:
-                text = step.state.encode()
-                self.state.update(text)
-                self.decoded.remember(user, text, step.state)
+                step.state.flush(self._write)
+                self.state.update(step.state.encode())
         # One timer per user, at the next expiry: move it when the core's answer changes.
         old_wake = previous.next_wake_ms() if previous is not None else None
         new_wake = step.state.next_wake_ms() if step.state is not None else None

@@ -12,6 +12,12 @@ Semantics, in order, for an alert:
    (dismiss -> review -> enforce), never add a second strike;
 4. decision: category by type, band by confidence, ladder rung by active strike points
    (this strike included) at the alert's event time.
+
+Seen ids and incidents are forgotten by the user's timer, oldest queued first: never before they
+are due, sometimes a little after (an entry waits behind an earlier-queued one due later). Alerts
+cannot tell: an alert that could still match a forgotten id or incident is past the too_late
+gate (its event time + horizon <= watermark). Each step reads and writes a few entries, however
+long the user's history (rules/ledger.py).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import NamedTuple
 from connectors.alerts import Alert
 from connectors.decisions import Decision
 from rules import records
-from rules.ledger import Incident, Strike, UserState
+from rules.ledger import DEDUPE_QUEUE, REVIEW_QUEUE, Incident, Strike, UserState, incident_slot
 from rules.model import DECISION_RANK, Action, Band, Category, Policy
 
 DAY_MS = 86_400_000
@@ -69,9 +75,7 @@ class PenaltyCore:
         current = state or UserState()
         if alert.alert_id in current.seen:
             return Step(state, [], ["duplicate"])
-        seen = dict(current.seen)
-        seen[alert.alert_id] = t + horizon
-        current = current.with_(seen=seen)
+        current = current.remember("seen", alert.alert_id, t + horizon, t + horizon)
 
         category = self.policy.category_for(alert.violation_type)
         band = category.band_for(alert.confidence) if category else self.policy.unknown_types
@@ -88,8 +92,9 @@ class PenaltyCore:
                 max_confidence=alert.confidence,
                 retain_until_ms=t + self.config.incident_window_ms
                 + max(horizon, self.config.review_retention_ms if band.decision == "review" else 0),
+                seq=current.incident_seq,
             )
-            current = current.with_(incidents=current.incidents + (incident,))
+            current = self._add_incident(current, incident, REVIEW_QUEUE if band.decision == "review" else DEDUPE_QUEUE)
             return self._decide(current, alert, incident, category, band, cause="alert")
 
         merged = incident._replace(
@@ -97,7 +102,7 @@ class PenaltyCore:
             max_confidence=max(incident.max_confidence, alert.confidence),
         )
         if DECISION_RANK[band.decision] <= DECISION_RANK[incident.decision]:
-            current = _replace_incident(current, merged)
+            current = self._replace_incident(current, merged)
             out = records.audit(
                 kind="merge", user_id=alert.user_id, cause=alert.alert_id, event_time_ms=t,
                 outcome="merged", rule_id=incident.rule_id, policy_name=self.policy.name,
@@ -108,20 +113,36 @@ class PenaltyCore:
             )
             return Step(current, [out], ["merged"])
         upgraded = merged._replace(decision=band.decision, rule_id=band.id)
-        current = _replace_incident(current, upgraded)
+        current = self._replace_incident(current, upgraded)
         step = self._decide(current, alert, upgraded, category, band, cause="upgrade")
         return Step(step.state, step.outputs, ["merged", "upgraded"] + step.events)
 
     def _open_incident(self, state: UserState, alert: Alert) -> Incident | None:
+        """The first-created incident of this stream and type whose first alert is less than a
+        window away: at most three slots to look at, however many incidents the user has."""
         window = self.config.incident_window_ms
-        for incident in state.incidents:
-            if (
-                incident.stream_id == alert.stream_id
-                and incident.violation_type == alert.violation_type
-                and abs(alert.event_time_ms - incident.start_ms) < window
+        t = alert.event_time_ms
+        found = None
+        for slot_start in (t - window, t, t + window):
+            incident = state.incidents.get(incident_slot(alert.stream_id, alert.violation_type, slot_start, window))
+            if incident is not None and abs(t - incident.start_ms) < window and (
+                found is None or incident.seq < found.seq
             ):
-                return incident
-        return None
+                found = incident
+        return found
+
+    def _slot(self, incident: Incident) -> str:
+        return incident_slot(incident.stream_id, incident.violation_type, incident.start_ms,
+                             self.config.incident_window_ms)
+
+    def _add_incident(self, state: UserState, incident: Incident, queue: int) -> UserState:
+        slot = self._slot(incident)
+        state = state.remember("incidents", slot, incident, incident.retain_until_ms, queue)
+        return state.with_(incident_slots=state.incident_slots.set(incident.incident_id, slot),
+                           incident_seq=state.incident_seq + 1)
+
+    def _replace_incident(self, state: UserState, incident: Incident) -> UserState:
+        return state.with_(incidents=state.incidents.set(self._slot(incident), incident))
 
     def _decide(self, state: UserState, alert: Alert, incident: Incident, category: Category | None,
                 band: Band, cause: str) -> Step:
@@ -245,7 +266,7 @@ class PenaltyCore:
         cause = f"{decision.kind}:{decision.decision_id}"
         current = state or UserState()
         strike = next((s for s in current.strikes if s.incident_id == decision.incident_id), None)
-        incident = next((i for i in current.incidents if i.incident_id == decision.incident_id), None)
+        incident = current.incident_by_id(decision.incident_id)
 
         def reject(detail: str) -> Step:
             raw = json.dumps(decision._asdict(), separators=(",", ":"), sort_keys=True).encode()
@@ -265,7 +286,7 @@ class PenaltyCore:
                               f"{self.policy.name}; confirm it under a known type")
             current = self._remember(current, decision)
             upgraded = incident._replace(decision="enforce", rule_id=f"{category.name}-review-confirmed")
-            current = _replace_incident(current, upgraded)
+            current = self._replace_incident(current, upgraded)
             alert = Alert(alert_id=decision.decision_id, stream_id=incident.stream_id, user_id=decision.user_id,
                           detector_id=f"moderator:{decision.moderator_id}", violation_type=incident.violation_type,
                           confidence=incident.max_confidence, event_time_ms=incident.start_ms)
@@ -290,7 +311,7 @@ class PenaltyCore:
                 current = current.with_(strikes=tuple(s._replace(voided=True) if s is strike else s
                                                       for s in current.strikes))
             if incident is not None:
-                current = _replace_incident(current, incident._replace(decision="dismiss"))
+                current = self._replace_incident(current, incident._replace(decision="dismiss"))
             if current.sanction_incident == decision.incident_id and (current.banned or current.suspended_until_ms > t):
                 # The penalty came from this incident: lift it (a ban or suspension from another
                 # incident stands).
@@ -325,8 +346,8 @@ class PenaltyCore:
 
     def _remember(self, state: UserState, decision: Decision) -> UserState:
         # Decision ids share the dedupe memory with alert ids: a redelivered decision is a no-op.
-        return state.with_(seen={**state.seen, decision.decision_id: decision.event_time_ms
-                                 + self.config.dedupe_horizon_ms})
+        forget_ms = decision.event_time_ms + self.config.dedupe_horizon_ms
+        return state.remember("seen", decision.decision_id, forget_ms, forget_ms)
 
     # ----------------------------------------------------------------- timers
     def on_timer(self, state: UserState | None, user_id: str, now_ms: int) -> Step:
@@ -355,20 +376,10 @@ class PenaltyCore:
                         "strike_event_time_ms": strike.event_time_ms},
             ))
             events.append("strike_expired")
-        current = current.with_(
-            strikes=tuple(kept),
-            incidents=tuple(i for i in state.incidents if i.retain_until_ms > now_ms),
-            seen={a: forget for a, forget in state.seen.items() if forget > now_ms},
-        )
+        current = current.with_(strikes=tuple(kept)).forget_due(now_ms)
         if current.suspended_until_ms and current.suspended_until_ms <= now_ms and not current.banned:
             current = current.with_(suspended_until_ms=0)
         return Step(None if current.is_empty_at(now_ms) else current, outputs, events)
-
-
-def _replace_incident(state: UserState, incident: Incident) -> UserState:
-    return state.with_(incidents=tuple(
-        incident if i.incident_id == incident.incident_id else i for i in state.incidents
-    ))
 
 
 def records_json(alert: Alert) -> bytes:

@@ -1,16 +1,86 @@
 """Per-user state of the decision core: strike ledger, open incidents, seen alert ids, standing.
 
-One compact value per user (Flink keyed state holds `encode()`'s string), immutable: the core
-returns a new UserState instead of mutating. `next_wake_ms()` is the one timer the user needs.
+The state of one user is split so that deciding one alert costs the same whatever the user's
+history (a repeat offender can have tens of thousands of alert ids inside the dedupe horizon):
+
+- the ledger (`UserState` minus its maps): standing, strikes, counters; small, one keyed value,
+  `encode()`/`decode()` to compact JSON;
+- four keyed maps, read and written one entry at a time (`Layered`): `seen` alert and decision
+  ids, `incidents` by slot, `incident_slots` (incident id -> slot) and `expiry`, two FIFO queues
+  that say which entry to forget when.
+
+Immutable from the core's point of view: a step returns a new UserState whose maps carry that
+step's changes on top of the same base; the owner of the base (the Flink operator, or
+`rules.simulate`) writes the changes through and starts the next step from a clean view.
+`next_wake_ms()` is the one timer the user needs.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-STATE_FORMAT = 2  # bump with a migration in decode() when the layout changes
+STATE_FORMAT = 3  # bump with a migration in decode() when the layout changes
+MAP_NAMES = ("seen", "incidents", "incident_slots", "expiry")
+# Expiry queues: ids and incidents kept for the dedupe horizon, and incidents awaiting review (kept
+# for the review retention, much longer: in one FIFO they would hold back everything behind them).
+DEDUPE_QUEUE, REVIEW_QUEUE = 0, 1
+DELETED: Any = object()
+
+
+class MapBase(Protocol):
+    """Read side of one keyed map of one user: a dict, or the job's Flink MapState."""
+
+    def get(self, key: str) -> Any: ...
+
+
+class Layered:
+    """A keyed map seen through one step: the stored base plus this step's changes. Setting a
+    key copies only the changes, never the base, so a step costs O(its changes)."""
+
+    __slots__ = ("base", "changes")
+
+    def __init__(self, base: MapBase | None = None, changes: dict[str, Any] | None = None):
+        self.base = {} if base is None else base
+        self.changes = {} if changes is None else changes
+
+    def get(self, key: str) -> Any:
+        if key in self.changes:
+            value = self.changes[key]
+            return None if value is DELETED else value
+        return self.base.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def set(self, key: str, value: Any) -> Layered:
+        return Layered(self.base, {**self.changes, key: value})
+
+    def delete(self, key: str) -> Layered:
+        return Layered(self.base, {**self.changes, key: DELETED})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every entry; only for dict bases (tests, simulate): the job never enumerates a map."""
+        if not isinstance(self.base, Mapping):
+            raise TypeError("only a dict-based map can be listed")
+        merged = dict(self.base)
+        for key, value in self.changes.items():
+            if value is DELETED:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Layered) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return f"Layered({len(self.changes)} changes)"
 
 
 class Strike(NamedTuple):
@@ -38,7 +108,41 @@ class Incident(NamedTuple):
     rule_id: str
     alert_ids: tuple[str, ...]
     max_confidence: float
-    retain_until_ms: int  # kept this long so late alerts of it still merge
+    retain_until_ms: int  # kept at least this long so late alerts of it still merge
+    seq: int = 0  # creation order among the user's incidents: the first match wins
+
+
+class ExpiryQueue(NamedTuple):
+    """Positions of one FIFO of `expiry` entries, and when its head is due."""
+
+    head: int = 0
+    tail: int = 0
+    head_due_ms: int | None = None
+
+
+def _encode_incident(i: Incident) -> str:
+    return json.dumps([*i[:6], list(i.alert_ids), *i[7:]], separators=(",", ":"))
+
+
+def _decode_incident(text: str) -> Incident:
+    i = json.loads(text)
+    return Incident(*i[:6], tuple(i[6]), *i[7:])
+
+
+# How each map's values are stored (keys are strings as they are): (encode, decode).
+CODECS = {
+    "seen": (str, int),
+    "incidents": (_encode_incident, _decode_incident),
+    "incident_slots": (str, str),
+    "expiry": (lambda e: json.dumps(e, separators=(",", ":")), lambda text: tuple(json.loads(text))),
+}
+
+
+def incident_slot(stream_id: str, violation_type: str, start_ms: int, window_ms: int) -> str:
+    """Where an incident lives in `incidents`. Two incidents of one stream and type start at
+    least a window apart (the later one would have joined the earlier), so a window-wide slot
+    holds at most one, and an alert at t can only join the incidents of slots t-1, t, t+1."""
+    return f"{stream_id}\x1f{violation_type}\x1f{start_ms // window_ms}"
 
 
 @dataclass(frozen=True)
@@ -47,25 +151,100 @@ class UserState:
     banned: bool = False
     suspended_until_ms: int = 0
     strikes: tuple[Strike, ...] = ()
-    incidents: tuple[Incident, ...] = ()
-    seen: dict[str, int] = field(default_factory=dict)  # alert_id -> forget at (event time ms)
     sanction_incident: str = ""  # the incident whose rung set the current ban or suspension
+    incident_seq: int = 0  # incidents created so far
+    queues: tuple[ExpiryQueue, ExpiryQueue] = (ExpiryQueue(), ExpiryQueue())
+    seen: Layered = field(default_factory=Layered)  # alert/decision id -> forget at (event time ms)
+    incidents: Layered = field(default_factory=Layered)  # incident_slot() -> Incident
+    incident_slots: Layered = field(default_factory=Layered)  # incident id -> slot
+    expiry: Layered = field(default_factory=Layered)  # "queue:position" -> (map, key, due_ms)
 
+    # ------------------------------------------------------------------ maps
+    def remember(self, map_name: str, key: str, value: Any, due_ms: int, queue: int = DEDUPE_QUEUE) -> UserState:
+        """Store key -> value in one map and queue its removal at (or after) due_ms."""
+        q = self.queues[queue]
+        queues = list(self.queues)
+        queues[queue] = ExpiryQueue(q.head, q.tail + 1, q.head_due_ms if q.head < q.tail else due_ms)
+        return replace(
+            self,
+            **{map_name: getattr(self, map_name).set(key, value)},
+            expiry=self.expiry.set(f"{queue}:{q.tail}", (map_name, key, due_ms)),
+            queues=tuple(queues),
+        )
+
+    def forget_due(self, now_ms: int) -> UserState:
+        """Drop the queued entries due at or before now_ms, oldest first. An entry behind a later
+        one waits for it: entries are kept at least until they are due, sometimes a bit longer
+        (harmless: an alert that old is too late for dedupe anyway, see rules/core.py)."""
+        state = self
+        for number, q in enumerate(self.queues):
+            head, changed = q.head, False
+            maps = {name: getattr(state, name) for name in MAP_NAMES}
+            due = q.head_due_ms
+            while head < q.tail and due is not None and due <= now_ms:
+                slot = f"{number}:{head}"
+                entry = maps["expiry"].get(slot)
+                if entry is None:  # cannot happen unless the maps were edited by hand: skip it
+                    head += 1
+                    nxt = maps["expiry"].get(f"{number}:{head}") if head < q.tail else None
+                    due = nxt[2] if nxt is not None else None
+                    continue
+                map_name, key, _ = entry
+                if map_name == "incidents":
+                    incident = maps["incidents"].get(key)
+                    if incident is not None:
+                        maps["incident_slots"] = maps["incident_slots"].delete(incident.incident_id)
+                maps[map_name] = maps[map_name].delete(key)
+                maps["expiry"] = maps["expiry"].delete(slot)
+                head += 1
+                nxt = maps["expiry"].get(f"{number}:{head}") if head < q.tail else None
+                due = nxt[2] if nxt is not None else None
+                changed = True
+            if changed:
+                queues = list(state.queues)
+                queues[number] = ExpiryQueue(head, q.tail, due) if head < q.tail else ExpiryQueue(head, head)
+                state = replace(state, queues=tuple(queues), **maps)
+        return state
+
+    def incident_by_id(self, incident_id: str) -> Incident | None:
+        slot = self.incident_slots.get(incident_id)
+        return self.incidents.get(slot) if slot is not None else None
+
+    def all_incidents(self) -> list[Incident]:
+        """Every incident in creation order (dict-based maps only: tests, simulate)."""
+        return sorted(self.incidents.as_dict().values(), key=lambda i: i.seq)
+
+    def flush(self, write: Callable[[str, str, Any], None]) -> UserState:
+        """Hand every pending map change to write(map_name, key, value or DELETED), in order;
+        returns the same state seen as written (a clean view over the same bases)."""
+        for name in MAP_NAMES:
+            for key, value in getattr(self, name).changes.items():
+                write(name, key, value)
+        return replace(self, **{name: Layered(getattr(self, name).base) for name in MAP_NAMES})
+
+    def flush_to_dicts(self) -> UserState:
+        """flush() into dict bases (simulate): the bases are the user's stored maps."""
+        def write(name: str, key: str, value: Any) -> None:
+            base = getattr(self, name).base
+            if value is DELETED:
+                base.pop(key, None)
+            else:
+                base[key] = value
+        return self.flush(write)
+
+    # ------------------------------------------------------------- standing
     def is_empty_at(self, now_ms: int) -> bool:
         return (
             not self.banned
             and self.suspended_until_ms <= now_ms
             and not self.strikes
-            and not self.incidents
-            and not self.seen
+            and all(q.head == q.tail for q in self.queues)
         )
 
     def next_wake_ms(self) -> int | None:
         """Earliest event time at which something in this state expires."""
         times = [s.expires_at_ms for s in self.strikes if not s.voided]
-        times += [i.retain_until_ms for i in self.incidents]
-        if self.seen:
-            times.append(min(self.seen.values()))
+        times += [q.head_due_ms for q in self.queues if q.head < q.tail and q.head_due_ms is not None]
         if self.suspended_until_ms and not self.banned:
             times.append(self.suspended_until_ms)
         return min(times) if times else None
@@ -100,7 +279,9 @@ class UserState:
     def with_(self, **changes) -> UserState:
         return replace(self, **changes)
 
+    # ----------------------------------------------------------- encoding
     def encode(self) -> str:
+        """The ledger value (the maps are written entry by entry, see CODECS)."""
         return json.dumps(
             [
                 STATE_FORMAT,
@@ -108,32 +289,44 @@ class UserState:
                 self.banned,
                 self.suspended_until_ms,
                 [list(s) for s in self.strikes],
-                [list(i[:6]) + [list(i.alert_ids)] + list(i[7:]) for i in self.incidents],
-                self.seen,
                 self.sanction_incident,
+                self.incident_seq,
+                [list(q) for q in self.queues],
             ],
             separators=(",", ":"),
         )
 
     @staticmethod
-    def decode(text: str | None) -> UserState | None:
+    def decode(text: str | None, bases: dict[str, MapBase] | None = None,
+               incident_window_ms: int = 60_000) -> UserState | None:
+        """The ledger value read back over the user's stored maps (`bases`, by MAP_NAMES).
+        Formats 1 and 2 held everything in the one value: they come back with their ids and
+        incidents as pending changes, so the first write moves them into the maps."""
         if not text:
             return None
         fields = json.loads(text)
         fmt = fields[0]
+        maps = {name: Layered((bases or {}).get(name)) for name in MAP_NAMES}
+        if fmt == STATE_FORMAT:
+            _, version, banned, until, strikes, sanction, seq, queues = fields
+            return UserState(
+                user_version=version, banned=banned, suspended_until_ms=until,
+                strikes=tuple(Strike(*s) for s in strikes), sanction_incident=sanction, incident_seq=seq,
+                queues=tuple(ExpiryQueue(*q) for q in queues), **maps,
+            )
         if fmt == 1:  # format 1 had no sanction_incident
             fields = [*fields, ""]
-        elif fmt != STATE_FORMAT:
+        elif fmt != 2:
             raise ValueError(f"unknown user state format {fmt}")
         _, version, banned, until, strikes, incidents, seen, sanction = fields
-        return UserState(
-            user_version=version,
-            banned=banned,
-            suspended_until_ms=until,
-            strikes=tuple(Strike(*s) for s in strikes),
-            incidents=tuple(
-                Incident(*i[:6], tuple(i[6]), *i[7:]) for i in incidents
-            ),
-            seen=seen,
-            sanction_incident=sanction,
-        )
+        state = UserState(user_version=version, banned=banned, suspended_until_ms=until,
+                          strikes=tuple(Strike(*s) for s in strikes), sanction_incident=sanction, **maps)
+        for alert_id, forget_ms in seen.items():
+            state = state.remember("seen", alert_id, forget_ms, forget_ms)
+        for number, i in enumerate(incidents):
+            incident = Incident(*i[:6], tuple(i[6]), *i[7:9], number)
+            slot = incident_slot(incident.stream_id, incident.violation_type, incident.start_ms, incident_window_ms)
+            queue = REVIEW_QUEUE if incident.decision == "review" else DEDUPE_QUEUE
+            state = state.remember("incidents", slot, incident, incident.retain_until_ms, queue)
+            state = state.with_(incident_slots=state.incident_slots.set(incident.incident_id, slot))
+        return state.with_(incident_seq=len(incidents))

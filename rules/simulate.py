@@ -58,7 +58,8 @@ class Simulator:
         if step.state is None:
             self.states.pop(user_id, None)
         else:
-            self.states[user_id] = step.state
+            # Like the operator: write this step's map changes, go on from a clean view.
+            self.states[user_id] = step.state.flush_to_dicts()
         wake = step.state.next_wake_ms() if step.state is not None else None
         if wake is None:
             self.timers.pop(user_id, None)
@@ -85,13 +86,13 @@ class Simulator:
         outputs = self.advance_to(alert.event_time_ms - 1 if watermark_ms is None else watermark_ms)
         before = self.states.get(alert.user_id)
         step = self.core.on_alert(before, alert, watermark_ms)
-        outputs += self._apply(alert.user_id, step)
-        if self.shadow is not None:
+        shadow_outputs = []
+        if self.shadow is not None:  # from the state before, so before the live step is written
             audit, event = shadow.compare(self.shadow, self.core.policy.version, before, alert, watermark_ms, step)
             if audit is not None:
-                outputs.append(audit)
+                shadow_outputs.append(audit)
                 self.events[event] = self.events.get(event, 0) + 1
-        return outputs
+        return outputs + self._apply(alert.user_id, step) + shadow_outputs
 
     def on_decision(self, decision: Decision) -> list:
         outputs = self.advance_to(decision.event_time_ms - 1)

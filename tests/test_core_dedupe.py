@@ -26,14 +26,14 @@ def test_second_detector_within_the_window_merges_without_a_second_strike(core):
     [audit] = second.outputs
     assert audit.record["kind"] == "merge" and audit.record["alert_ids"] == ["a-1", "a-2"]
     assert len(second.state.strikes) == 1
-    assert second.state.incidents[0].alert_ids == ("a-1", "a-2")
+    assert second.state.all_incidents()[0].alert_ids == ("a-1", "a-2")
 
 
 def test_same_type_after_the_window_is_a_new_incident(core):
     first = core.on_alert(None, make_alert(alert_id="a-1"))
     later = core.on_alert(first.state, make_alert(alert_id="a-2", event_time_ms=T0_MS + 60_000))
     assert "enforced" in later.events and len(later.state.strikes) == 2
-    assert len(later.state.incidents) == 2
+    assert len(later.state.all_incidents()) == 2
 
 
 def test_other_stream_or_type_is_a_separate_incident(core):
@@ -56,7 +56,7 @@ def test_review_upgraded_to_enforcement_inside_one_incident(core):
     assert upgrade.events[:3] == ["merged", "upgraded", "enforced"]
     [enforcement] = [o for o in upgrade.outputs if o.kind == "enforcement"]
     assert enforcement.record["action"] == "warning" and enforcement.record["cause"] == "upgrade:a-2"
-    assert enforcement.record["incident_id"] == review.state.incidents[0].incident_id
+    assert enforcement.record["incident_id"] == review.state.all_incidents()[0].incident_id
     assert len(upgrade.state.strikes) == 1
     # A third alert of the same incident cannot add a strike, whatever its confidence.
     third = core.on_alert(upgrade.state, make_alert(alert_id="a-3", confidence=0.99, event_time_ms=T0_MS + 6_000))
@@ -66,7 +66,7 @@ def test_review_upgraded_to_enforcement_inside_one_incident(core):
 def test_a_lower_confidence_alert_never_downgrades(core):
     enforced = core.on_alert(None, make_alert(alert_id="a-1", confidence=0.99))
     low = core.on_alert(enforced.state, make_alert(alert_id="a-2", confidence=0.1, event_time_ms=T0_MS + 1))
-    assert low.events == ["merged"] and low.state.incidents[0].decision == "enforce"
+    assert low.events == ["merged"] and low.state.all_incidents()[0].decision == "enforce"
 
 
 def test_alert_beyond_the_horizon_behind_the_watermark_goes_to_dlq(core):
@@ -111,3 +111,30 @@ def test_one_timer_per_user_at_the_next_expiry(core):
     assert after.state.next_wake_ms() == T0_MS + 60_000 + DAY_MS  # incident memory
     after = core.on_timer(after.state, "u-1", T0_MS + 60_000 + DAY_MS)
     assert after.state.next_wake_ms() == T0_MS + 90 * DAY_MS  # the strike
+
+
+def test_a_step_touches_a_few_entries_whatever_the_history(policy):
+    # A repeat offender with thousands of alert ids and incidents inside the horizon: one more
+    # alert reads and writes a handful of map entries, and the ledger value does not grow.
+    sim = Simulator(policy)
+    for i in range(3_000):
+        sim.on_alert(make_alert(alert_id=f"a-{i}", stream_id=f"s-{i % 7}", confidence=0.2,
+                                event_time_ms=T0_MS + i * 1_000))
+    state = sim.states["u-1"]
+    assert len(state.seen.as_dict()) == 3_000 and len(state.all_incidents()) > 300
+    ledger_bytes = len(state.encode())
+    step = sim.core.on_alert(state, make_alert(alert_id="a-new", stream_id="s-new", confidence=0.2,
+                                               event_time_ms=T0_MS + 3_000_000))
+    changes = sum(len(getattr(step.state, name).changes) for name in ("seen", "incidents", "incident_slots", "expiry"))
+    assert changes == 5  # id, incident, its slot, two queue entries
+    assert len(step.state.encode()) <= ledger_bytes + 10
+    # The timer forgets, oldest first, what is due: never earlier, at most a window later (an
+    # id queued behind its incident's entry waits for it).
+    now_ms = T0_MS + DAY_MS + 120_000
+    seen = sim.core.on_timer(state, "u-1", now_ms).state.seen
+    for i in range(3_000):
+        due_ms = T0_MS + i * 1_000 + DAY_MS
+        if due_ms > now_ms:
+            assert f"a-{i}" in seen
+        elif due_ms + 60_000 <= now_ms:
+            assert f"a-{i}" not in seen

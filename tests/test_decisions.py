@@ -77,7 +77,7 @@ def test_denied_appeal_is_recorded_and_changes_nothing(core):
 
 def test_confirmed_review_applies_the_ladder_as_if_auto_enforced(core):
     review = core.on_alert(None, make_alert(confidence=0.7))
-    incident = review.state.incidents[0]
+    incident = review.state.all_incidents()[0]
     step = core.on_decision(review.state, decide("review", "confirmed", incident.incident_id))
     check_schemas(step)
     [warning] = [o.record for o in step.outputs if o.kind == "enforcement"]
@@ -92,10 +92,10 @@ def test_confirmed_review_applies_the_ladder_as_if_auto_enforced(core):
 
 def test_rejected_review_dismisses_the_incident(core):
     review = core.on_alert(None, make_alert(violation_type="terrorism", confidence=0.8))  # stop + urgent review
-    incident = review.state.incidents[0]
+    incident = review.state.all_incidents()[0]
     step = core.on_decision(review.state, decide("review", "rejected", incident.incident_id))
     check_schemas(step)
-    assert step.state.incidents[0].decision == "dismiss" and not step.state.strikes
+    assert step.state.all_incidents()[0].decision == "dismiss" and not step.state.strikes
     [audit] = [o.record for o in step.outputs if o.kind == "audit"]
     assert audit["kind"] == "review_verdict" and audit["outcome"] == "rejected"
 
@@ -124,7 +124,27 @@ def test_parse_decision_validates_against_the_schema():
 
 def test_state_format_1_still_decodes():
     old = '[1,5,false,0,[],[],{"a":1}]'
-    assert UserState.decode(old) == UserState(user_version=5, seen={"a": 1})
+    state = UserState.decode(old)
+    assert state.user_version == 5 and state.seen.get("a") == 1 and state.next_wake_ms() == 1
+
+
+def test_state_format_2_moves_ids_and_incidents_into_the_maps(core):
+    # A savepoint of format 2 held the whole user in one value; the first write splits it.
+    incident = ["inc_x", "s-1", "hate_speech", T0_MS, "review", "hs-mid", ["a-1", "a-2"], 0.7,
+                T0_MS + 60_000 + 7 * DAY_MS]
+    old = json.dumps([2, 7, False, 0, [], [incident], {"a-1": T0_MS + DAY_MS, "a-2": T0_MS + DAY_MS}, ""])
+    state = UserState.decode(old)
+    assert state.incident_by_id("inc_x").alert_ids == ("a-1", "a-2") and "a-2" in state.seen
+    # The incident is still found by a late alert of it, and by a review verdict.
+    merged = core.on_alert(state, make_alert(alert_id="a-3", confidence=0.7, event_time_ms=T0_MS + 1_000))
+    assert merged.events == ["merged"] and merged.outputs[0].record["incident_id"] == "inc_x"
+    confirmed = core.on_decision(state, decide("review", "confirmed", "inc_x"))
+    assert "review_confirmed" in confirmed.events
+    # Everything is forgotten in due time: ids after the horizon, the review incident after a week.
+    after_day = core.on_timer(state, "u-1", T0_MS + DAY_MS)
+    assert "a-1" not in after_day.state.seen and after_day.state.incident_by_id("inc_x") is not None
+    gone = core.on_timer(after_day.state, "u-1", T0_MS + 60_000 + 7 * DAY_MS)
+    assert gone.state is None
 
 
 def test_simulate_replays_alerts_and_decisions_together(policy):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rules.ledger import UserState
+from rules.ledger import CODECS, MAP_NAMES, UserState
 from rules.simulate import Simulator, run
 
 from .conftest import DAY_MS, HOUR_MS, T0_MS, alert_bytes, make_alert
@@ -154,8 +154,13 @@ def test_decision_carries_rule_version_and_ledger_before_after(core, policy):
 
 
 def test_state_survives_encode_decode(core):
-    state = offend(core, 3)[-1].state
-    assert UserState.decode(state.encode()) == state
+    state = offend(core, 3)[-1].state.flush_to_dicts()
+    bases = {name: getattr(state, name).base for name in MAP_NAMES}
+    assert UserState.decode(state.encode(), bases) == state
+    # Every map value survives the codec the job stores it with.
+    for name, (encode, decode) in CODECS.items():
+        for value in bases[name].values():
+            assert decode(encode(value)) == value
 
 
 def test_replay_is_byte_identical(policy):
