@@ -1,9 +1,10 @@
-"""Kafka source and sinks of the job, built on the official connector plus two small Java
+"""Kafka source and sinks of the job, built on the official connector plus three small Java
 helpers of ours (connectors/java, compiled by scripts/setup.sh):
 
 - AlertRecordDeserializer hands Python (topic, partition, offset, timestamp, payload, size,
   event_time_ms) so DLQ records can name where a bad record came from, cuts oversized payloads
   before they reach Python, and lets the source emit per-partition watermarks with idleness;
+- UserKeyExtractor keys raw records by the payload's user_id in the JVM;
 - KeyValueRowSerializer writes Row(key, value) with the user id as Kafka key.
 
 PyFlink's builders do not expose a record deserializer, so those two are set on the Java
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 
 from pyflink.common import Duration, Types, WatermarkStrategy
+from pyflink.datastream import DataStream, KeyedStream
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetsInitializer,
@@ -102,7 +104,7 @@ def _committed_or_earliest() -> KafkaOffsetsInitializer:
 
 def alert_source(
     bootstrap_servers: str,
-    topic: str,
+    topics: str | list[str],
     group_id: str,
     starting: str = "committed",
     bounded: bool = False,
@@ -110,7 +112,8 @@ def alert_source(
     max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
     extra_properties: dict[str, str] | None = None,
 ) -> KafkaSource:
-    """read_committed source of raw alert records; see RAW_ALERT_TYPE."""
+    """read_committed source of raw records (alerts, and moderator decisions when their topic is
+    listed too: one consumer per subtask for both); see RAW_ALERT_TYPE."""
     if starting == "earliest":
         offsets = KafkaOffsetsInitializer.earliest()
     elif starting == "latest":
@@ -120,7 +123,7 @@ def alert_source(
     builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(bootstrap_servers)
-        .set_topics(topic)
+        .set_topics(*([topics] if isinstance(topics, str) else topics))
         .set_group_id(group_id)
         .set_starting_offsets(offsets)
         .set_property("isolation.level", "read_committed")
@@ -152,6 +155,19 @@ def alert_watermarks(max_out_of_orderness_ms: int, idleness_ms: int) -> Watermar
         .withIdleness(jvm.java.time.Duration.ofMillis(idleness_ms))
     )
     return WatermarkStrategy(j_strategy)
+
+
+def keyed_by_user(raw: DataStream, name: str, uid: str) -> KeyedStream:
+    """Raw records keyed by the payload's user_id, extracted in the JVM (UserKeyExtractor) and
+    shaped as PyFlink's own key_by shapes them (Row(key, value)), so the keyed Python operator
+    is the first Python code a record meets: no Python key-selector operator in front of it."""
+    gateway = get_gateway()
+    keyed_type = Types.ROW([Types.STRING(), RAW_ALERT_TYPE])
+    j_with_key = raw._j_data_stream.map(_new("penalty.connectors.UserKeyExtractor"),
+                                        keyed_type.get_java_type_info())
+    j_with_key.name(name).uid(uid)
+    j_keyed = j_with_key.keyBy(gateway.jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, RAW_ALERT_TYPE, raw)
 
 
 def key_value_sink(
@@ -187,6 +203,7 @@ __all__ = [
     "ConnectorError",
     "alert_source",
     "alert_watermarks",
+    "keyed_by_user",
     "key_value_sink",
     "jar_urls",
     "Duration",

@@ -1,5 +1,9 @@
-"""Thin Flink adapters around the pure core: load state, call the core, store state, set the
-one timer the core asks for, emit what it returned. No decision logic lives here."""
+"""The job's one Python operator, a thin adapter around the pure code: parse the raw record
+(alert or moderator decision), load the user's state, call the core, store state, set the one
+timer the core asks for, emit what it returned. No decision logic lives here.
+
+Keying happens in the JVM (connectors/java UserKeyExtractor), so no Python runs before this
+operator: each record crosses from Java to Python once."""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ import json
 import time
 
 from pyflink.common import Row, Types
-from pyflink.datastream import KeyedCoProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from connectors.alerts import REASONS, Alert, Rejection, Source, parse_alert
+from connectors.alerts import MAX_RAW_BYTES, REASONS, Alert, Rejection, Source, parse_alert
 from connectors.decisions import Decision, parse_decision
 from connectors.kafka import KEY_VALUE_TYPE
 from rules import shadow
@@ -18,17 +22,6 @@ from rules.core import CoreConfig, PenaltyCore
 from rules.ledger import CODECS, DELETED, MAP_NAMES, UserState
 from rules.loader import parse_policy
 from rules.records import Output, dead_letter
-
-# alert_id, stream_id, user_id, detector_id, violation_type, confidence, event_time_ms,
-# model_version, evidence (JSON text)
-ALERT_ROW_TYPE = Types.ROW([
-    Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(),
-    Types.DOUBLE(), Types.LONG(), Types.STRING(), Types.STRING(),
-])
-USER_KEY_FIELD = 2
-# decision_id, kind, verdict, user_id, incident_id, moderator_id, event_time_ms
-DECISION_ROW_TYPE = Types.ROW([Types.STRING()] * 6 + [Types.LONG()])
-DECISION_USER_FIELD = 3
 
 DLQ_TAG = OutputTag("dlq", KEY_VALUE_TYPE)
 NOTIFICATION_TAG = OutputTag("notifications", KEY_VALUE_TYPE)
@@ -39,18 +32,6 @@ SIDE_TAGS = {"dlq": DLQ_TAG, "notification": NOTIFICATION_TAG, "audit": AUDIT_TA
 
 def encode_record(record: dict) -> str:
     return json.dumps(record, separators=(",", ":"), sort_keys=True)
-
-
-def alert_to_row(alert: Alert) -> Row:
-    evidence = json.dumps(alert.evidence, separators=(",", ":"), sort_keys=True) if alert.evidence else None
-    return Row(alert.alert_id, alert.stream_id, alert.user_id, alert.detector_id, alert.violation_type,
-               alert.confidence, alert.event_time_ms, alert.model_version, evidence)
-
-
-def row_to_alert(row) -> Alert:
-    evidence = row[8]
-    return Alert(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                 json.loads(evidence) if evidence else None)
 
 
 def latency_histogram(group, name: str, window: int = 2048):
@@ -79,57 +60,6 @@ def emit(output: Output):
     return SIDE_TAGS[output.kind], row
 
 
-class ParseAlerts(ProcessFunction):
-    """Raw Kafka record -> alert row, or a DLQ record naming reason and source position."""
-
-    def __init__(self, max_payload_bytes: int, max_future_skew_ms: int):
-        self.max_payload_bytes = max_payload_bytes
-        self.max_future_skew_ms = max_future_skew_ms
-
-    def open(self, runtime_context: RuntimeContext):
-        group = runtime_context.get_metrics_group()
-        self.alerts_in = group.counter("alerts_in")
-        self.alerts_valid = group.counter("alerts_valid")
-        self.rejected = {r: group.add_group("reason", r).counter("alerts_rejected") for r in REASONS}
-
-    def process_element(self, value, ctx: ProcessFunction.Context):
-        topic, partition, offset, timestamp_ms, payload, size, _ = value
-        self.alerts_in.inc()
-        source = Source(topic, partition, offset, timestamp_ms)
-        result = parse_alert(payload, source, size, self.max_payload_bytes, self.max_future_skew_ms)
-        if isinstance(result, Alert):
-            self.alerts_valid.inc()
-            yield alert_to_row(result)
-            return
-        self.rejected[result.reason].inc()
-        yield emit(dead_letter(
-            reason=result.reason, detail=result.detail, raw=result.raw, size_bytes=result.size_bytes,
-            topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
-        ))
-
-
-class ParseDecisions(ProcessFunction):
-    """Raw Kafka record of the decisions topic -> decision row, or a DLQ record (invalid_decision)."""
-
-    def open(self, runtime_context: RuntimeContext):
-        group = runtime_context.get_metrics_group()
-        self.decisions_in = group.counter("decisions_in")
-        self.rejected = group.add_group("reason", "invalid_decision").counter("decisions_rejected")
-
-    def process_element(self, value, ctx: ProcessFunction.Context):
-        topic, partition, offset, timestamp_ms, payload, size, _ = value
-        self.decisions_in.inc()
-        result = parse_decision(payload, Source(topic, partition, offset, timestamp_ms))
-        if isinstance(result, Rejection):
-            self.rejected.inc()
-            yield emit(dead_letter(
-                reason=result.reason, detail=result.detail, raw=result.raw, size_bytes=result.size_bytes,
-                topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
-            ))
-            return
-        yield Row(*result)
-
-
 class MapStateBase:
     """One keyed map of the current user (rules.ledger.MAP_NAMES) read from Flink MapState, one
     entry at a time, decoded with the map's codec."""
@@ -143,15 +73,19 @@ class MapStateBase:
         return None if text is None else self.decode(text)
 
 
-class PenaltyFunction(KeyedCoProcessFunction):
-    """Keyed by user_id: dedupe, incidents, strike ledger and rules in one state value per user.
-    Input 1: alerts; input 2: moderator decisions (appeals, review verdicts)."""
+class PenaltyFunction(KeyedProcessFunction):
+    """Keyed by user_id: parse and validate, dedupe, incidents, strike ledger and rules, appeals
+    and review verdicts. Input: raw records (RAW_ALERT_TYPE) of the alerts and decisions topics."""
 
-    def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig,
+    def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig, decisions_topic: str,
+                 max_payload_bytes: int, max_future_skew_ms: int,
                  shadow_bytes: bytes | None = None, shadow_file: str | None = None):
         self.policy_bytes = policy_bytes
         self.policy_file = policy_file
         self.core_config = core_config
+        self.decisions_topic = decisions_topic
+        self.max_payload_bytes = max_payload_bytes
+        self.max_future_skew_ms = max_future_skew_ms
         self.shadow_bytes = shadow_bytes
         self.shadow_file = shadow_file
 
@@ -168,10 +102,59 @@ class PenaltyFunction(KeyedCoProcessFunction):
                                                                            Types.STRING()))
                      for name in MAP_NAMES}
         self.bases = {name: MapStateBase(self.maps[name], CODECS[name][1]) for name in MAP_NAMES}
-        self.metrics = runtime_context.get_metrics_group()
+        self.metrics = group = runtime_context.get_metrics_group()
         self.counters = {}
+        self.alerts_in = group.counter("alerts_in")
+        self.alerts_valid = group.counter("alerts_valid")
+        self.rejected = {r: group.add_group("reason", r).counter("alerts_rejected") for r in REASONS}
+        self.decisions_in = group.counter("decisions_in")
+        self.decisions_rejected = group.add_group("reason", "invalid_decision").counter("decisions_rejected")
         # Alert event time -> decision (enforcement or review request) emitted, in ms.
         self.decision_latency = latency_histogram(self.metrics, "decision_latency_ms")
+
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        topic, partition, offset, timestamp_ms, payload, size, _ = value
+        source = Source(topic, partition, offset, timestamp_ms)
+        is_decision = topic == self.decisions_topic
+        if is_decision:
+            self.decisions_in.inc()
+            result = parse_decision(payload, source)
+        else:
+            self.alerts_in.inc()
+            result = parse_alert(payload, source, size, self.max_payload_bytes, self.max_future_skew_ms)
+        if not isinstance(result, Rejection) and result.user_id != ctx.get_current_key():
+            # Keyed in Java from the payload: only a payload the two JSON readers read differently
+            # gets here. Never decide it under another user's state.
+            result = Rejection("schema", f"user_id: the key extractor read {ctx.get_current_key()!r}",
+                               bytes(payload)[:MAX_RAW_BYTES], size, source, None)
+        if isinstance(result, Rejection):
+            if is_decision:
+                self.decisions_rejected.inc()
+            else:
+                self.rejected[result.reason].inc()
+            yield emit(dead_letter(
+                reason=result.reason, detail=result.detail, raw=result.raw, size_bytes=result.size_bytes,
+                topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
+            ))
+            return
+        previous = self._load()
+        if is_decision:
+            yield from self._apply(previous, self.core.on_decision(previous, result), ctx)
+            return
+        self.alerts_valid.inc()
+        alert: Alert = result
+        watermark_ms = ctx.timer_service().current_watermark()
+        step = self.core.on_alert(previous, alert, watermark_ms)
+        if any(output.kind in DECISION_KINDS for output in step.outputs):
+            self.decision_latency(max(0, int(time.time() * 1000) - alert.event_time_ms))
+        audit = None
+        if self.shadow is not None:  # reads the state before the live step is written
+            audit, event = shadow.compare(self.shadow, self.core.policy.version, previous, alert, watermark_ms, step)
+            if audit is not None:
+                self._count([event])
+        yield from self._apply(previous, step, ctx)
+        if audit is not None:
+            yield emit(audit)
 
     def _count(self, events):
         for name in events:
@@ -200,28 +183,7 @@ class PenaltyFunction(KeyedCoProcessFunction):
         else:
             self.maps[name].put(key, CODECS[name][0](value))
 
-    def process_element2(self, value, ctx: KeyedCoProcessFunction.Context):
-        previous = self._load()
-        step = self.core.on_decision(previous, Decision(*value))
-        yield from self._apply(previous, step, ctx)
-
-    def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
-        previous = self._load()
-        alert = row_to_alert(value)
-        watermark_ms = ctx.timer_service().current_watermark()
-        step = self.core.on_alert(previous, alert, watermark_ms)
-        if any(output.kind in DECISION_KINDS for output in step.outputs):
-            self.decision_latency(max(0, int(time.time() * 1000) - alert.event_time_ms))
-        audit = None
-        if self.shadow is not None:  # reads the state before the live step is written
-            audit, event = shadow.compare(self.shadow, self.core.policy.version, previous, alert, watermark_ms, step)
-            if audit is not None:
-                self._count([event])
-        yield from self._apply(previous, step, ctx)
-        if audit is not None:
-            yield emit(audit)
-
-    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         previous = self._load()
         step = self.core.on_timer(previous, ctx.get_current_key(), timestamp)
         yield from self._apply(previous, step, ctx)

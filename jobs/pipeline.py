@@ -1,43 +1,29 @@
 """Wiring of the penalty job: build_pipeline(env, config) builds the graph, nothing runs here.
 
-    alerts --source(read_committed, per-partition watermarks)--> parse + validate --DLQ-->
-    decisions --source--> parse moderator decisions --DLQ-->
-      --connect, key_by(user_id)--> penalty decisions (dedupe, incidents, ledger, rules,
-                                    appeals and review verdicts)
+    alerts + decisions topics --one source (read_committed, per-partition watermarks)-->
+      --key by user_id (in the JVM)--> penalty decisions (one Python operator: parse and
+                                       validate, dedupe, incidents, ledger, rules, appeals and
+                                       review verdicts)
           --> enforcement | notifications | audit | review | alerts.dlq   (one Kafka sink each)
 
-Every source, stateful operator and sink has a fixed uid: changing one breaks savepoints.
+Every source, stateful operator and sink has a fixed uid: changing one breaks savepoints. (Jobs
+before the one-source layout had a "decisions-source" too: see docs/operations.md, upgrades.)
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from pyflink.common import Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from connectors import kafka
 from jobs.config import JobConfig
-from jobs.operators import (
-    ALERT_ROW_TYPE,
-    AUDIT_TAG,
-    DECISION_ROW_TYPE,
-    DECISION_USER_FIELD,
-    DLQ_TAG,
-    NOTIFICATION_TAG,
-    REVIEW_TAG,
-    USER_KEY_FIELD,
-    ParseAlerts,
-    ParseDecisions,
-    PenaltyFunction,
-)
+from jobs.operators import AUDIT_TAG, DLQ_TAG, NOTIFICATION_TAG, REVIEW_TAG, PenaltyFunction
 from rules.core import CoreConfig
 
 UIDS = {
     "source": "alerts-source",
-    "parse": "parse-alerts",
-    "decisions_source": "decisions-source",
-    "parse_decisions": "parse-decisions",
+    "key": "key-by-user",
     "penalty": "penalty-decisions",
     "enforcement": "sink-enforcement",
     "notifications": "sink-notifications",
@@ -56,25 +42,15 @@ class Outputs(NamedTuple):
 
 
 def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file: str,
-           shadow: tuple[bytes, str] | None = None, raw_decisions: DataStream | None = None) -> Outputs:
-    """Raw alert and decision records (RAW_ALERT_TYPE, with event-time timestamps) -> the five
-    output streams of Row(key, value). Shared by the Kafka job and the mini-cluster tests
-    (which may leave out decisions)."""
-    if raw_decisions is None:
-        raw_decisions = raw.filter(lambda row: False).name("no decisions")
-    decisions = (
-        raw_decisions.process(ParseDecisions(), output_type=DECISION_ROW_TYPE)
-        .uid(UIDS["parse_decisions"]).name("parse moderator decisions")
-    )
-    parsed = (
-        raw.process(ParseAlerts(config.max_payload_bytes, config.max_future_skew_ms), output_type=ALERT_ROW_TYPE)
-        .uid(UIDS["parse"]).name("parse and validate alerts")
-    )
+           shadow: tuple[bytes, str] | None = None) -> Outputs:
+    """Raw records of the alerts and decisions topics (RAW_ALERT_TYPE, with event-time
+    timestamps) -> the five output streams of Row(key, value). Shared by the Kafka job and the
+    mini-cluster tests."""
     core_config = CoreConfig(config.dedupe_horizon_ms, config.incident_window_ms)
     decided = (
-        parsed.connect(decisions)
-        .key_by(lambda row: row[USER_KEY_FIELD], lambda row: row[DECISION_USER_FIELD], key_type=Types.STRING())
-        .process(PenaltyFunction(policy_bytes, policy_file, core_config, *(shadow or (None, None))),
+        kafka.keyed_by_user(raw, "key by user", UIDS["key"])
+        .process(PenaltyFunction(policy_bytes, policy_file, core_config, config.topics.decisions,
+                                 config.max_payload_bytes, config.max_future_skew_ms, *(shadow or (None, None))),
                  output_type=kafka.KEY_VALUE_TYPE)
         .uid(UIDS["penalty"]).name("penalty decisions")
     )
@@ -83,8 +59,7 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
         notifications=decided.get_side_output(NOTIFICATION_TAG),
         audit=decided.get_side_output(AUDIT_TAG),
         review=decided.get_side_output(REVIEW_TAG),
-        dlq=parsed.get_side_output(DLQ_TAG).union(decisions.get_side_output(DLQ_TAG),
-                                                  decided.get_side_output(DLQ_TAG)),
+        dlq=decided.get_side_output(DLQ_TAG),
     )
 
 
@@ -92,21 +67,13 @@ def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_by
                    shadow: tuple[bytes, str] | None = None) -> None:
     topics = config.topics
     source = kafka.alert_source(
-        config.bootstrap_servers, topics.alerts, config.group_id, config.starting_offsets, config.bounded,
-        config.max_payload_bytes, config.max_future_skew_ms,
+        config.bootstrap_servers, [topics.alerts, topics.decisions], config.group_id, config.starting_offsets,
+        config.bounded, config.max_payload_bytes, config.max_future_skew_ms,
     )
     raw = env.from_source(
         source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms), "alerts source"
     ).uid(UIDS["source"])
-    decisions_source = kafka.alert_source(
-        config.bootstrap_servers, topics.decisions, config.group_id, config.starting_offsets, config.bounded,
-        config.max_payload_bytes, config.max_future_skew_ms,
-    )
-    raw_decisions = env.from_source(
-        decisions_source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms),
-        "decisions source",
-    ).uid(UIDS["decisions_source"])
-    outputs = decide(raw, config, policy_bytes, policy_file, shadow, raw_decisions)
+    outputs = decide(raw, config, policy_bytes, policy_file, shadow)
 
     def sink(stream, name: str, topic: str) -> None:
         stream.sink_to(kafka.key_value_sink(

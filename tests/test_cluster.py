@@ -70,7 +70,7 @@ def test_submit_to_standalone_cluster_metrics_and_savepoint(stack, tmp_path):
 
         # The job's own counters through the REST API (what the UI shows) ...
         vertices = flink_cluster.rest(cluster, f"/jobs/{job_id}")["vertices"]
-        parse = next(v for v in vertices if "parse and validate alerts" in v["name"])
+        parse = next(v for v in vertices if "penalty decisions" in v["name"])
         url = f"/jobs/{job_id}/vertices/{parse['id']}/subtasks/metrics"
         deadline = time.monotonic() + 30
         total = 0
