@@ -14,8 +14,15 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from connectors.alerts import MAX_RAW_BYTES, REASONS, Alert, Rejection, Source, parse_alert
-from connectors.decisions import Decision, parse_decision
+from connectors.alerts import (
+    MAX_RAW_BYTES,
+    REASONS,
+    Alert,
+    Rejection,
+    Source,
+    parse_alert,
+)
+from connectors.decisions import parse_decision
 from connectors.kafka import KEY_VALUE_TYPE
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore

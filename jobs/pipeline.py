@@ -18,7 +18,13 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from connectors import kafka
 from jobs.config import JobConfig
-from jobs.operators import AUDIT_TAG, DLQ_TAG, NOTIFICATION_TAG, REVIEW_TAG, PenaltyFunction
+from jobs.operators import (
+    AUDIT_TAG,
+    DLQ_TAG,
+    NOTIFICATION_TAG,
+    REVIEW_TAG,
+    PenaltyFunction,
+)
 from rules.core import CoreConfig
 
 UIDS = {

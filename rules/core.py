@@ -29,7 +29,14 @@ from typing import NamedTuple
 from connectors.alerts import Alert
 from connectors.decisions import Decision
 from rules import records
-from rules.ledger import DEDUPE_QUEUE, REVIEW_QUEUE, Incident, Strike, UserState, incident_slot
+from rules.ledger import (
+    DEDUPE_QUEUE,
+    REVIEW_QUEUE,
+    Incident,
+    Strike,
+    UserState,
+    incident_slot,
+)
 from rules.model import DECISION_RANK, Action, Band, Category, Policy
 
 DAY_MS = 86_400_000
