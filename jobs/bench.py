@@ -30,6 +30,8 @@ from pathlib import Path
 from jobs import config as job_config
 from jobs import localstack
 
+OUTPUTS = ("enforcement", "notifications", "audit", "review", "dlq")
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -160,6 +162,55 @@ def committed_and_end(bootstrap: str, topic: str, group: str) -> tuple[int, int]
         consumer.close()
 
 
+class Trimmer(threading.Thread):
+    """Keeps the local broker's stored data small while the bench runs. noida-db rewrites every
+    stored record on each autosave (about once a second while records arrive): with the bench's
+    input and outputs kept, that alone grows past a core of the two, which a real broker never
+    spends. Every few seconds this deletes (DeleteRecords) the outputs below their committed end
+    (the bench only counts end offsets) and the input the job has committed, as retention would
+    on a real cluster. Best effort: a request the broker does not answer in time is skipped."""
+
+    def __init__(self, bootstrap: str, input_topic: str, group: str, output_topics: list[str]):
+        super().__init__(daemon=True)
+        self.bootstrap, self.input_topic, self.group = bootstrap, input_topic, group
+        self.output_topics = output_topics
+        self.done = threading.Event()
+        self.trims = self.skipped = 0
+
+    @staticmethod
+    def offsets(consumer, topic: str, committed: bool) -> list:
+        from confluent_kafka import TopicPartition
+
+        parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        if committed:
+            return [tp for tp in consumer.committed(parts, timeout=10) if tp.offset > 0]
+        # The consumer reads read_committed: the end it sees is the last stable offset.
+        ends = [(tp.partition, consumer.get_watermark_offsets(tp, timeout=10)[1]) for tp in parts]
+        return [TopicPartition(topic, partition, end) for partition, end in ends if end > 0]
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group,
+                             "enable.auto.commit": False, "isolation.level": "read_committed"})
+        try:
+            while not self.done.wait(3.0):
+                try:
+                    wanted = self.offsets(consumer, self.input_topic, committed=True)
+                    for topic in self.output_topics:
+                        wanted += self.offsets(consumer, topic, committed=False)
+                    if wanted:
+                        for future in admin.delete_records(wanted, request_timeout=5).values():
+                            future.result(timeout=10)
+                        self.trims += 1
+                except Exception:  # noqa: BLE001 - a missed trim only costs the broker time
+                    self.skipped += 1
+        finally:
+            consumer.close()
+
+
 def measure_throughput(args) -> dict:
     from jobs.generator import AlertGenerator, produce
 
@@ -187,6 +238,8 @@ def measure_throughput(args) -> dict:
         peak_rss, started, job_id, checkpoints = 0, None, None, []
         deadline = time.monotonic() + args.timeout_s
         committed = end = 0
+        trimmer = Trimmer(stack.bootstrap, topics.alerts, group, [getattr(topics, name) for name in OUTPUTS])
+        trimmer.start()
         while time.monotonic() < deadline:
             time.sleep(0.5)
             if job.poll() is not None:
@@ -207,10 +260,11 @@ def measure_throughput(args) -> dict:
             if end and committed >= end:
                 break
         finished = time.monotonic()
+        trimmer.done.set()
         done = end > 0 and committed >= end
         elapsed = finished - started if started else float("nan")
         outputs = {name: committed_and_end(stack.bootstrap, getattr(topics, name), "bench-count")[1]
-                   for name in ("enforcement", "notifications", "audit", "review", "dlq")}
+                   for name in OUTPUTS}
         durations = [c["end_to_end_duration"] for c in checkpoints[1:]] or [0]
         last = checkpoints[-1] if checkpoints else {}
         users_seen = args.users  # upper bound of users with state: every user the generator can pick
@@ -226,6 +280,7 @@ def measure_throughput(args) -> dict:
             "checkpoints": len(checkpoints), "checkpoint_p50_ms": round(statistics.median(durations)),
             "checkpoint_max_ms": max(durations), "checkpoint_full_size_bytes": full_size,
             "state_bytes_per_user": round(full_size / users_seen) if users_seen else None,
+            "broker_trims": trimmer.trims, "broker_trims_skipped": trimmer.skipped,
         }
     finally:
         if job is not None and job.poll() is None:
