@@ -38,6 +38,67 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class JobUnderTest:
+    """The penalty job as a bench runs it: by default on a local standalone cluster of
+    `parallelism` TaskManagers with one slot each, as shipped (thread mode runs Python on one
+    GIL per TaskManager process, so this is how subtasks get a core each); with mini_cluster,
+    embedded in one process the way `make run` runs it."""
+
+    def __init__(self, data: Path, parallelism: int, mini_cluster: bool):
+        self.data, self.parallelism, self.mini_cluster = data, parallelism, mini_cluster
+        self.rest_port = localstack.free_port()
+        self.process = None
+        self.cluster = None
+        self.job_id: str | None = None
+
+    def start(self, job_args: list[str]) -> None:
+        job_args = [*job_args, "--parallelism", str(self.parallelism)]
+        if self.mini_cluster:
+            cmd = [sys.executable, "-m", "jobs.penalty_job", *job_args, "--checkpoint-dir", str(self.data / "checkpoints"),
+                   "--conf", f"rest.port={self.rest_port}", "--conf", "rest.address=127.0.0.1"]
+            log = open(self.data / "job.log", "wb")  # noqa: SIM115 - the child holds it
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            return
+        from jobs import cluster as flink_cluster
+
+        self.cluster = flink_cluster.Cluster(self.data / "cluster", self.rest_port, localstack.free_port())
+        flink_cluster.up(self.cluster, taskmanagers=self.parallelism, slots=1)
+        self.job_id = flink_cluster.submit(self.cluster, job_args)
+
+    def running_job(self) -> str | None:
+        """The job id once every task runs; raises if the job is gone."""
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"the job exited with {self.process.returncode}; see {self.data / 'job.log'}")
+        try:
+            jobs = _rest(self.rest_port, "/jobs")["jobs"]
+            job_id = self.job_id or next((j["id"] for j in jobs if j["status"] == "RUNNING"), None)
+            if job_id is None:
+                return None
+            detail = _rest(self.rest_port, f"/jobs/{job_id}")
+            if detail["state"] in ("FAILED", "CANCELED", "FINISHED"):
+                raise RuntimeError(f"the job is {detail['state']}; logs in {self.data}")
+            if all(v["status"] == "RUNNING" for v in detail["vertices"]):
+                return job_id
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def rss_bytes(self) -> int:
+        if self.process is not None:
+            return tree_rss_bytes(self.process.pid)
+        from jobs import cluster as flink_cluster
+
+        return sum(tree_rss_bytes(pid) for pid in flink_cluster._alive_pids(self.cluster.root / "pids"))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            localstack._stop_group(self.process.pid, proc=self.process)
+        if self.cluster is not None:
+            from jobs import cluster as flink_cluster
+
+            flink_cluster.down(self.cluster)
+
+
 def measure_latency(args) -> dict:
     from confluent_kafka import Consumer, Producer
 
@@ -47,17 +108,17 @@ def measure_latency(args) -> dict:
     localstack.create_topics(stack.bootstrap, topics.partitions())
     sent_at: dict[str, float] = {}
     seen_at: dict[str, float] = {}
-    job = None
+    job = JobUnderTest(data, args.parallelism, args.mini_cluster)
     try:
-        flink_conf = []
+        job_args = ["--bootstrap-servers", stack.bootstrap, "--starting-offsets", "latest", "--delivery", args.delivery]
         if args.checkpoint_interval_ms:
-            flink_conf.append(("execution.checkpointing.interval", f"{args.checkpoint_interval_ms}ms"))
-        config = job_config.JobConfig(bootstrap_servers=stack.bootstrap, starting_offsets="latest",
-                                      delivery=args.delivery, flink_conf=tuple(flink_conf))
-        from jobs.penalty_job import build
-
-        env = build(config)
-        job = env.execute_async("penalty-job-bench")
+            job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
+        job.start(job_args)
+        deadline = time.monotonic() + 180
+        while job.running_job() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the job did not start within 180 s; logs in {data}")
+            time.sleep(0.5)
         consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "bench",
                              "group.instance.id": "bench-1", "isolation.level": "read_committed",
                              "auto.offset.reset": "latest", "enable.auto.commit": False})
@@ -101,18 +162,17 @@ def measure_latency(args) -> dict:
         reader.join(timeout=5)
         consumer.close()
     finally:
-        if job is not None:
-            try:
-                job.cancel().result()
-            except Exception:  # noqa: BLE001 - shutting down anyway
-                pass
+        job.stop()
         stack.stop()
+        if not args.keep:
+            shutil.rmtree(data, ignore_errors=True)
     latencies = [seen_at[a] - sent_at[a] for a in sent_at if a in seen_at]
     # Skip the first seconds: the job's first checkpoints while tasks warm up are not steady state.
     warm = latencies[int(len(latencies) * 0.1):] or latencies
     return {
         "benchmark": "latency", "delivery": args.delivery, "rate_per_s": args.rate, "seconds": args.seconds,
-        "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "parallelism": config.parallelism,
+        "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "parallelism": args.parallelism,
+        "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
         "sent": len(sent_at), "seen": len(latencies),
         "p50_s": round(percentile(warm, 0.50), 3), "p95_s": round(percentile(warm, 0.95), 3),
         "p99_s": round(percentile(warm, 0.99), 3), "max_s": round(max(warm), 3),
@@ -218,23 +278,19 @@ def measure_throughput(args) -> dict:
     stack = localstack.start_stack(data)
     topics = job_config.Topics()
     localstack.create_topics(stack.bootstrap, topics.partitions())
-    job = None
+    job = JobUnderTest(data, args.parallelism, args.mini_cluster)
     try:
         generator = AlertGenerator(seed=args.seed, users=args.users, zipf_s=args.zipf_s,
                                    start_ms=int(time.time() * 1000) - args.alerts * 50)
         t0 = time.monotonic()
         produced = produce(stack.bootstrap, topics.alerts, generator.payloads(args.alerts))
         produce_s = time.monotonic() - t0
-        rest_port = localstack.free_port()
         group = "bench-throughput"
-        cmd = [sys.executable, "-m", "jobs.penalty_job", "--bootstrap-servers", stack.bootstrap,
-               "--starting-offsets", "earliest", "--group-id", group, "--delivery", "exactly_once",
-               "--checkpoint-dir", str(data / "checkpoints"), "--conf", f"rest.port={rest_port}",
-               "--conf", "rest.address=127.0.0.1", "--parallelism", str(args.parallelism)]
+        job_args = ["--bootstrap-servers", stack.bootstrap, "--starting-offsets", "earliest", "--group-id", group,
+                    "--delivery", "exactly_once"]
         if args.checkpoint_interval_ms:
-            cmd += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
-        log = open(data / "job.log", "wb")  # noqa: SIM115 - closed in finally
-        job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
+        job.start(job_args)
         peak_rss, started, job_id, checkpoints = 0, None, None, []
         deadline = time.monotonic() + args.timeout_s
         committed = end = 0
@@ -242,16 +298,13 @@ def measure_throughput(args) -> dict:
         trimmer.start()
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            if job.poll() is not None:
-                raise RuntimeError(f"the job exited with {job.returncode}; see {data / 'job.log'}")
-            peak_rss = max(peak_rss, tree_rss_bytes(job.pid))
+            peak_rss = max(peak_rss, job.rss_bytes())
+            if job_id is None:
+                job_id = job.running_job()
+                started = time.monotonic() if job_id else None
+                continue
             try:
-                if job_id is None:
-                    running = [j["id"] for j in _rest(rest_port, "/jobs")["jobs"] if j["status"] == "RUNNING"]
-                    if running:
-                        job_id, started = running[0], time.monotonic()
-                    continue
-                latest = _rest(rest_port, f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
+                latest = _rest(job.rest_port, f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
                 if latest and (not checkpoints or checkpoints[-1]["id"] != latest["id"]):
                     checkpoints.append(latest)
             except (OSError, ValueError, KeyError, TypeError):
@@ -272,6 +325,7 @@ def measure_throughput(args) -> dict:
         return {
             "benchmark": "throughput", "alerts": produced, "users": args.users, "zipf_s": args.zipf_s,
             "delivery": "exactly_once", "parallelism": args.parallelism,
+            "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
             "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "cpus": os.cpu_count(),
             "completed": done, "input_committed": committed, "input_end": end,
             "produce_s": round(produce_s, 1), "job_s": round(elapsed, 1),
@@ -283,8 +337,7 @@ def measure_throughput(args) -> dict:
             "broker_trims": trimmer.trims, "broker_trims_skipped": trimmer.skipped,
         }
     finally:
-        if job is not None and job.poll() is None:
-            localstack._stop_group(job.pid, proc=job)
+        job.stop()
         stack.stop()
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
@@ -310,13 +363,16 @@ def main(argv=None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--checkpoint-interval-ms", type=int, default=None)
         p.add_argument("--parallelism", type=int, default=2)
+        p.add_argument("--mini-cluster", action="store_true",
+                       help="run the job embedded in one process (`make run`) instead of on a local standalone "
+                            "cluster of one-slot TaskManagers")
+        p.add_argument("--keep", action="store_true", help="keep broker data, checkpoints and job logs")
         if name in ("throughput", "all"):
             p.add_argument("--alerts", type=int, default=1_000_000)
             p.add_argument("--users", type=int, default=100_000)
             p.add_argument("--zipf-s", type=float, default=1.0, help="skew of repeat offenders")
             p.add_argument("--seed", type=int, default=7)
             p.add_argument("--timeout-s", type=float, default=3600)
-            p.add_argument("--keep", action="store_true", help="keep broker data, checkpoints and job log")
         if name in ("latency", "all"):
             p.add_argument("--rate", type=float, default=2000)
             p.add_argument("--seconds", type=float, default=60)

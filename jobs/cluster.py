@@ -1,7 +1,8 @@
-"""A local standalone Flink cluster (jobmanager + taskmanager) from the Flink distribution inside the
+"""A local standalone Flink cluster (jobmanager + TaskManagers) from the Flink distribution inside the
 apache-flink wheel, configured from the project's flink-conf/, and job submission with `flink run -py`.
 
-    python -m jobs.cluster up                   start the cluster (REST/UI on 127.0.0.1:8081)
+    python -m jobs.cluster up                   start the cluster (REST/UI on 127.0.0.1:8081), two
+                                                TaskManagers of one slot each
     python -m jobs.cluster submit -- JOB ARGS   `flink run -d -py jobs/penalty_job.py --cluster JOB ARGS`
     python -m jobs.cluster stop-job JOB_ID      stop the job with a savepoint (`flink stop`)
     python -m jobs.cluster down                 stop the cluster
@@ -148,7 +149,12 @@ def _run(cluster: Cluster, args: list[str], timeout_s: float) -> subprocess.Comp
     return subprocess.run(args, env=cluster.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
 
 
-def up(cluster: Cluster, slots: int = 2, timeout_s: float = 90.0, overrides: dict[str, str] | None = None) -> None:
+def up(cluster: Cluster, taskmanagers: int = 2, slots: int = 1, timeout_s: float = 90.0,
+       overrides: dict[str, str] | None = None) -> None:
+    """Start a jobmanager and `taskmanagers` TaskManagers of `slots` slots each. Thread mode runs
+    the Python operators inside the TaskManager's JVM, on one CPython and so one GIL per process:
+    two subtasks in one TaskManager take turns in Python. One slot per TaskManager (the shipped
+    configuration) lets each subtask run Python on its own core."""
     from jobs.localstack import port_taken
 
     if port_taken(cluster.rest_port):
@@ -158,7 +164,7 @@ def up(cluster: Cluster, slots: int = 2, timeout_s: float = 90.0, overrides: dic
     for sub in ("pids", "tmp", "log"):
         (cluster.root / sub).mkdir(parents=True, exist_ok=True)
     link_lib(cluster.root / "lib")
-    for script in ("jobmanager.sh", "taskmanager.sh"):
+    for script in ["jobmanager.sh"] + ["taskmanager.sh"] * taskmanagers:
         done = _run(cluster, [cluster.bin(script), "start"], 60)
         if done.returncode != 0:
             raise ClusterError(f"{script} start failed: {done.stderr.strip() or done.stdout.strip()}")
@@ -166,7 +172,7 @@ def up(cluster: Cluster, slots: int = 2, timeout_s: float = 90.0, overrides: dic
     while time.monotonic() < deadline:
         try:
             overview = rest(cluster, "/overview")
-            if overview["taskmanagers"] >= 1 and overview["slots-total"] >= slots:
+            if overview["taskmanagers"] >= taskmanagers and overview["slots-total"] >= taskmanagers * slots:
                 return
         except (OSError, ValueError, KeyError):
             pass
@@ -232,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rest-port", type=int, default=8081)
     parser.add_argument("--metrics-port", type=int, default=9249, help="first Prometheus reporter port")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="start jobmanager + taskmanager")
+    start = sub.add_parser("up", help="start a jobmanager and TaskManagers (one slot each by default)")
+    start.add_argument("--taskmanagers", type=int, default=2, help="TaskManager processes (default 2)")
+    start.add_argument("--slots", type=int, default=1, help="slots per TaskManager (default 1: one GIL each)")
     run = sub.add_parser("submit", help="submit the penalty job; arguments after -- go to the job")
     run.add_argument("job_args", nargs=argparse.REMAINDER)
     stop = sub.add_parser("stop-job", help="stop a job (default: every running job) with a savepoint")
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             render_conf(Path(args.conf_dir), parse_properties(os.environ.get("FLINK_PROPERTIES", "")))
             link_lib(Path(args.lib_dir))
         elif args.cmd == "up":
-            up(cluster)
+            up(cluster, args.taskmanagers, args.slots)
             print(f"Flink cluster up: {cluster.rest_url} (logs in {cluster.log_dir})")
         elif args.cmd == "submit":
             job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args

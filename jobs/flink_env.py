@@ -46,6 +46,9 @@ def settings_for(config: JobConfig, embedded: bool) -> dict[str, str]:
         # Thread mode runs Python inside the JVM: it must be this interpreter (the venv's).
         settings["python.executable"] = sys.executable
         settings["python.client.executable"] = sys.executable
+        # The mini-cluster is one TaskManager (one process, one GIL whatever the slots): give it a
+        # slot per subtask. Clusters keep one slot per TaskManager (flink-conf).
+        settings["taskmanager.numberOfTaskSlots"] = str(config.parallelism)
     settings["parallelism.default"] = str(config.parallelism)
     settings.update(dict(config.flink_conf))
     return settings

@@ -62,11 +62,18 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
     )
     return Outputs(
         enforcement=decided,
-        notifications=decided.get_side_output(NOTIFICATION_TAG),
-        audit=decided.get_side_output(AUDIT_TAG),
-        review=decided.get_side_output(REVIEW_TAG),
-        dlq=decided.get_side_output(DLQ_TAG),
+        notifications=side_output(decided, NOTIFICATION_TAG),
+        audit=side_output(decided, AUDIT_TAG),
+        review=side_output(decided, REVIEW_TAG),
+        dlq=side_output(decided, DLQ_TAG),
     )
+
+
+def side_output(stream: DataStream, tag) -> DataStream:
+    """The side output as the JVM holds it (Java Rows of the tag's declared type). PyFlink's
+    get_side_output appends a Python identity map, which sends every side-output record through
+    Python a second time: it took a third of the operator's Python time (py-spy)."""
+    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
 
 
 def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str,

@@ -81,6 +81,10 @@ def compose_problems(doc: dict) -> list[str]:
         role = (svc.get("command") or ["jobmanager"])[0]
         if role not in ENTRYPOINT_ROLES:
             problems.append(f"{name}: unknown entrypoint role {role}")
+    taskmanager = services.get("taskmanager", {})
+    slots = int(conf["taskmanager.numberOfTaskSlots"]) * int(taskmanager.get("deploy", {}).get("replicas", 1))
+    if slots < int(conf["parallelism.default"]):
+        problems.append(f"taskmanager: {slots} slots in all, fewer than parallelism.default {conf['parallelism.default']}")
     jobmanager = services.get("jobmanager", {})
     if f"{conf['rest.port']}:{conf['rest.port']}" not in jobmanager.get("ports", []):
         problems.append(f"jobmanager: REST port {conf['rest.port']} is not published")
