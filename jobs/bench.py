@@ -1,4 +1,6 @@
-"""Benchmarks of the whole job on the local stack (noida-db, Flink mini-cluster, parallelism 2).
+"""Benchmarks of the whole job on the local stack: noida-db, and by default a local standalone
+Flink cluster of one-slot TaskManagers (parallelism 2), as the job is deployed; `--mini-cluster`
+runs it embedded in one process instead, as `make run` does.
 
     python -m jobs.bench throughput [--alerts 1000000] [--users 100000] [--zipf-s 1.0]
         pre-produces a realistic mix, runs the job exactly-once from the earliest offset until
