@@ -26,7 +26,7 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 
-from connectors.alerts import MAX_FUTURE_SKEW_MS, MAX_PAYLOAD_BYTES, MAX_RAW_BYTES
+from connectors.alerts import MAX_FUTURE_SKEW_MS, MAX_PAYLOAD_BYTES, MAX_RAW_BYTES, REASONS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JAR_NAMES = ("flink-connector-kafka.jar", "kafka-clients.jar", "penalty-connectors.jar")
@@ -170,6 +170,32 @@ def keyed_by_user(raw: DataStream, name: str, uid: str) -> KeyedStream:
     return KeyedStream(j_keyed, RAW_ALERT_TYPE, raw)
 
 
+def route_outputs(decided: DataStream, name: str, uid: str) -> DataStream:
+    """The Python operator's per-record output arrays (jobs/operators.OUTPUT_TYPE) routed in the
+    JVM (OutputRouter): enforcement records are the main output, the other kinds side outputs
+    (routed_side_output), metric events go to the router's counters."""
+    gateway = get_gateway()
+    reasons = gateway.new_array(gateway.jvm.java.lang.String, len(REASONS))
+    for i, reason in enumerate(REASONS):
+        reasons[i] = reason
+    j_routed = decided._j_data_stream.process(_new("penalty.connectors.OutputRouter", reasons),
+                                              KEY_VALUE_TYPE.get_java_type_info())
+    j_routed.name(name).uid(uid)
+    return DataStream(j_routed)
+
+
+def routed_side_output(routed: DataStream, kind: str) -> DataStream:
+    """One side output of route_outputs, Row(key, value) as the JVM holds it: no Python map
+    (PyFlink's get_side_output appends one, a second pass through Python per record)."""
+    gateway = get_gateway()
+    param_types = gateway.new_array(gateway.jvm.java.lang.Class, 1)
+    param_types[0] = _java_class("java.lang.String")
+    args = gateway.new_array(gateway.jvm.java.lang.Object, 1)
+    args[0] = kind
+    tag = _java_class("penalty.connectors.OutputRouter").getMethod("tag", param_types).invoke(None, args)
+    return DataStream(routed._j_data_stream.getSideOutput(tag))
+
+
 def key_value_sink(
     bootstrap_servers: str,
     topic: str,
@@ -204,6 +230,8 @@ __all__ = [
     "alert_source",
     "alert_watermarks",
     "keyed_by_user",
+    "route_outputs",
+    "routed_side_output",
     "key_value_sink",
     "jar_urls",
     "Duration",

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from typing import NamedTuple
 from pathlib import Path
 
 from jobs import config as job_config
@@ -85,12 +86,14 @@ class JobUnderTest:
             pass
         return None
 
-    def rss_bytes(self) -> int:
+    def usage(self) -> Usage:
+        """Memory and CPU time of the job's processes (with a cluster: JobManager and TaskManagers)."""
         if self.process is not None:
-            return tree_rss_bytes(self.process.pid)
+            return tree_usage(self.process.pid)
         from jobs import cluster as flink_cluster
 
-        return sum(tree_rss_bytes(pid) for pid in flink_cluster._alive_pids(self.cluster.root / "pids"))
+        usages = [tree_usage(pid) for pid in flink_cluster._alive_pids(self.cluster.root / "pids")]
+        return Usage(sum(u.rss_bytes for u in usages), sum(u.cpu_s for u in usages))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -182,27 +185,34 @@ def measure_latency(args) -> dict:
     }
 
 
-def tree_rss_bytes(root_pid: int) -> int:
-    """Resident memory of a process and all its descendants (from /proc)."""
+class Usage(NamedTuple):
+    rss_bytes: int
+    cpu_s: float  # user + system time so far
+
+
+def tree_usage(root_pid: int) -> Usage:
+    """Resident memory and CPU time of a process and all its live descendants (from /proc)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    usage: dict[int, Usage] = {}
+    tick_s = 1 / os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            ppid, pages = int(fields[1]), int(fields[21])
+            ppid, utime, stime, pages = int(fields[1]), int(fields[11]), int(fields[12]), int(fields[21])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
-    total, todo = 0, [root_pid]
+        usage[int(entry)] = Usage(pages * os.sysconf("SC_PAGE_SIZE"), (utime + stime) * tick_s)
+    rss, cpu, todo = 0, 0.0, [root_pid]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        rss += usage.get(pid, Usage(0, 0.0)).rss_bytes
+        cpu += usage.get(pid, Usage(0, 0.0)).cpu_s
         todo.extend(children.get(pid, []))
-    return total
+    return Usage(rss, cpu)
 
 
 def _rest(port: int, path: str):
@@ -294,16 +304,19 @@ def measure_throughput(args) -> dict:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
         job.start(job_args)
         peak_rss, started, job_id, checkpoints = 0, None, None, []
+        cpu_start = broker_cpu_start = 0.0
         deadline = time.monotonic() + args.timeout_s
         committed = end = 0
         trimmer = Trimmer(stack.bootstrap, topics.alerts, group, [getattr(topics, name) for name in OUTPUTS])
         trimmer.start()
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            peak_rss = max(peak_rss, job.rss_bytes())
+            usage = job.usage()
+            peak_rss = max(peak_rss, usage.rss_bytes)
             if job_id is None:
                 job_id = job.running_job()
                 started = time.monotonic() if job_id else None
+                cpu_start, broker_cpu_start = usage.cpu_s, tree_usage(stack.kafka.pid).cpu_s
                 continue
             try:
                 latest = _rest(job.rest_port, f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
@@ -315,6 +328,8 @@ def measure_throughput(args) -> dict:
             if end and committed >= end:
                 break
         finished = time.monotonic()
+        job_cpu_s = job.usage().cpu_s - cpu_start
+        broker_cpu_s = tree_usage(stack.kafka.pid).cpu_s - broker_cpu_start
         trimmer.done.set()
         done = end > 0 and committed >= end
         elapsed = finished - started if started else float("nan")
@@ -333,6 +348,9 @@ def measure_throughput(args) -> dict:
             "produce_s": round(produce_s, 1), "job_s": round(elapsed, 1),
             "alerts_per_s": round(produced / elapsed) if done else None,
             "output_end_offsets": outputs, "peak_rss_mb": round(peak_rss / 2**20),
+            # CPU while the job ran: steadier than wall-clock throughput on a shared 2-core box.
+            "job_cpu_s": round(job_cpu_s, 1), "job_cpu_ms_per_alert": round(1000 * job_cpu_s / produced, 3),
+            "broker_cpu_s": round(broker_cpu_s, 1),
             "checkpoints": len(checkpoints), "checkpoint_p50_ms": round(statistics.median(durations)),
             "checkpoint_max_ms": max(durations), "checkpoint_full_size_bytes": full_size,
             "state_bytes_per_user": round(full_size / users_seen) if users_seen else None,
@@ -348,7 +366,8 @@ def measure_throughput(args) -> dict:
 def throughput_table(r: dict) -> str:
     return (f"throughput: {r['alerts']} alerts ({r['users']} users, zipf {r['zipf_s']}) in {r['job_s']} s "
             f"= {r['alerts_per_s']} alerts/s exactly-once, parallelism {r['parallelism']} on {r['cpus']} cpus\n"
-            f"  output end offsets {r['output_end_offsets']}\n  peak RSS {r['peak_rss_mb']} MB; {r['checkpoints']} checkpoints, "
+            f"  output end offsets {r['output_end_offsets']}\n"
+            f"  job CPU {r['job_cpu_s']} s = {r['job_cpu_ms_per_alert']} ms/alert, broker CPU {r['broker_cpu_s']} s\n  peak RSS {r['peak_rss_mb']} MB; {r['checkpoints']} checkpoints, "
             f"p50 {r['checkpoint_p50_ms']} ms, max {r['checkpoint_max_ms']} ms, last full size "
             f"{r['checkpoint_full_size_bytes']} B = {r['state_bytes_per_user']} B/user")
 

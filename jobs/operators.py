@@ -8,63 +8,45 @@ operator: each record crosses from Java to Python once."""
 from __future__ import annotations
 
 import json
-import time
 
-from pyflink.common import Row, Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.common import Types
+from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from connectors.alerts import (
     MAX_RAW_BYTES,
-    REASONS,
     Alert,
     Rejection,
     Source,
     parse_alert,
 )
 from connectors.decisions import parse_decision
-from connectors.kafka import KEY_VALUE_TYPE
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore
 from rules.ledger import CODECS, DELETED, MAP_NAMES, UserState
 from rules.loader import parse_policy
 from rules.records import Output, dead_letter
 
-DLQ_TAG = OutputTag("dlq", KEY_VALUE_TYPE)
-NOTIFICATION_TAG = OutputTag("notifications", KEY_VALUE_TYPE)
-AUDIT_TAG = OutputTag("audit", KEY_VALUE_TYPE)
-REVIEW_TAG = OutputTag("review", KEY_VALUE_TYPE)
-SIDE_TAGS = {"dlq": DLQ_TAG, "notification": NOTIFICATION_TAG, "audit": AUDIT_TAG, "review": REVIEW_TAG}
+# Everything one input record produced, as one array of (kind, a, b) string triples: output
+# records (kind = rules.records kind, key, value), counter increments ("count", name, "") and
+# decision times ("latency", event_time_ms, ""). The JVM routes it (connectors/java OutputRouter):
+# one crossing from Python per input record instead of one per output record and per counter.
+OUTPUT_TYPE = Types.BASIC_ARRAY(Types.STRING())
 
 
 def encode_record(record: dict) -> str:
     return json.dumps(record, separators=(",", ":"), sort_keys=True)
 
 
-def latency_histogram(group, name: str, window: int = 2048):
-    """A real Flink histogram (p50/p95/p99 in the REST API and the Prometheus reporter). PyFlink's
-    Python API only offers `distribution`, which in thread mode is a last-value gauge; the group
-    wraps the Java MetricGroup there, so register Flink's own DescriptiveStatisticsHistogram on it.
-    Returns the update function."""
-    try:
-        from pemja import findClass
-
-        histogram = findClass("org.apache.flink.runtime.metrics.DescriptiveStatisticsHistogram")(window)
-        group._metrics.histogram(name, histogram)
-        return histogram.update
-    except Exception:  # noqa: BLE001 - process mode: fall back to what PyFlink offers
-        return group.distribution(name).update
-
-
 DECISION_KINDS = ("enforcement", "review")
 
 
-def emit(output: Output):
-    """Route one core output: enforcement is the main output, the rest go to side outputs."""
-    row = Row(output.key, encode_record(output.record))
-    if output.kind == "enforcement":
-        return row
-    return SIDE_TAGS[output.kind], row
+def emit(out: list, output: Output) -> None:
+    out += (output.kind, output.key, encode_record(output.record))
+
+
+def count(out: list, name: str) -> None:
+    out += ("count", name, "")
 
 
 class MapStateBase:
@@ -109,25 +91,22 @@ class PenaltyFunction(KeyedProcessFunction):
                                                                            Types.STRING()))
                      for name in MAP_NAMES}
         self.bases = {name: MapStateBase(self.maps[name], CODECS[name][1]) for name in MAP_NAMES}
-        self.metrics = group = runtime_context.get_metrics_group()
-        self.counters = {}
-        self.alerts_in = group.counter("alerts_in")
-        self.alerts_valid = group.counter("alerts_valid")
-        self.rejected = {r: group.add_group("reason", r).counter("alerts_rejected") for r in REASONS}
-        self.decisions_in = group.counter("decisions_in")
-        self.decisions_rejected = group.add_group("reason", "invalid_decision").counter("decisions_rejected")
-        # Alert event time -> decision (enforcement or review request) emitted, in ms.
-        self.decision_latency = latency_histogram(self.metrics, "decision_latency_ms")
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        out: list[str] = []
+        self._process(value, ctx, out)
+        if out:
+            yield out
+
+    def _process(self, value, ctx: KeyedProcessFunction.Context, out: list) -> None:
         topic, partition, offset, timestamp_ms, payload, size, _ = value
         source = Source(topic, partition, offset, timestamp_ms)
         is_decision = topic == self.decisions_topic
         if is_decision:
-            self.decisions_in.inc()
+            count(out, "decisions_in")
             result = parse_decision(payload, source)
         else:
-            self.alerts_in.inc()
+            count(out, "alerts_in")
             result = parse_alert(payload, source, size, self.max_payload_bytes, self.max_future_skew_ms)
         if not isinstance(result, Rejection) and result.user_id != ctx.get_current_key():
             # Keyed in Java from the payload: only a payload the two JSON readers read differently
@@ -135,51 +114,30 @@ class PenaltyFunction(KeyedProcessFunction):
             result = Rejection("schema", f"user_id: the key extractor read {ctx.get_current_key()!r}",
                                bytes(payload)[:MAX_RAW_BYTES], size, source, None)
         if isinstance(result, Rejection):
-            if is_decision:
-                self.decisions_rejected.inc()
-            else:
-                self.rejected[result.reason].inc()
-            yield emit(dead_letter(
+            count(out, "decisions_rejected" if is_decision else f"alerts_rejected.{result.reason}")
+            emit(out, dead_letter(
                 reason=result.reason, detail=result.detail, raw=result.raw, size_bytes=result.size_bytes,
                 topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
             ))
             return
         previous = self._load()
         if is_decision:
-            yield from self._apply(previous, self.core.on_decision(previous, result), ctx)
+            self._apply(previous, self.core.on_decision(previous, result), ctx, out)
             return
-        self.alerts_valid.inc()
+        count(out, "alerts_valid")
         alert: Alert = result
         watermark_ms = ctx.timer_service().current_watermark()
         step = self.core.on_alert(previous, alert, watermark_ms)
         if any(output.kind in DECISION_KINDS for output in step.outputs):
-            self.decision_latency(max(0, int(time.time() * 1000) - alert.event_time_ms))
+            out += ("latency", str(alert.event_time_ms), "")
         audit = None
         if self.shadow is not None:  # reads the state before the live step is written
             audit, event = shadow.compare(self.shadow, self.core.policy.version, previous, alert, watermark_ms, step)
             if audit is not None:
-                self._count([event])
-        yield from self._apply(previous, step, ctx)
+                count(out, event)
+        self._apply(previous, step, ctx, out)
         if audit is not None:
-            yield emit(audit)
-
-    def _count(self, events):
-        for name in events:
-            counter = self.counters.get(name)
-            if counter is None:
-                counter = self.counters[name] = self._new_counter(name)
-            counter.inc()
-
-    def _new_counter(self, name: str):
-        # "action.ban" -> group action=ban, counter "decisions"; "duplicate" -> counter "duplicate";
-        # "shadow.agree.<rule>" -> group shadow_rule=<rule>, counter "agree".
-        if name.startswith("shadow."):
-            _, verdict, rule = name.split(".", 2)
-            return self.metrics.add_group("shadow_rule", rule).counter(verdict)
-        group, sep, value = name.partition(".")
-        if sep:
-            return self.metrics.add_group(group, value).counter("decisions")
-        return self.metrics.counter(name)
+            emit(out, audit)
 
     def _load(self) -> UserState | None:
         return UserState.decode(self.state.value(), self.bases, self.core_config.incident_window_ms)
@@ -192,10 +150,12 @@ class PenaltyFunction(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         previous = self._load()
-        step = self.core.on_timer(previous, ctx.get_current_key(), timestamp)
-        yield from self._apply(previous, step, ctx)
+        out: list[str] = []
+        self._apply(previous, self.core.on_timer(previous, ctx.get_current_key(), timestamp), ctx, out)
+        if out:
+            yield out
 
-    def _apply(self, previous, step, ctx):
+    def _apply(self, previous, step, ctx, out: list) -> None:
         if step.state is not previous:
             if step.state is None:
                 self.state.clear()
@@ -213,6 +173,7 @@ class PenaltyFunction(KeyedProcessFunction):
                 timers.delete_event_time_timer(old_wake)
             if new_wake is not None:
                 timers.register_event_time_timer(new_wake)
-        self._count(step.events)
+        for name in step.events:
+            count(out, name)
         for output in step.outputs:
-            yield emit(output)
+            emit(out, output)

@@ -3,7 +3,8 @@
     alerts + decisions topics --one source (read_committed, per-partition watermarks)-->
       --key by user_id (in the JVM)--> penalty decisions (one Python operator: parse and
                                        validate, dedupe, incidents, ledger, rules, appeals and
-                                       review verdicts)
+                                       review verdicts; one array of outputs per input record)
+          --> route outputs (in the JVM: records to their stream, metric events to counters)
           --> enforcement | notifications | audit | review | alerts.dlq   (one Kafka sink each)
 
 Every source, stateful operator and sink has a fixed uid: changing one breaks savepoints. (Jobs
@@ -18,19 +19,14 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from connectors import kafka
 from jobs.config import JobConfig
-from jobs.operators import (
-    AUDIT_TAG,
-    DLQ_TAG,
-    NOTIFICATION_TAG,
-    REVIEW_TAG,
-    PenaltyFunction,
-)
+from jobs.operators import OUTPUT_TYPE, PenaltyFunction
 from rules.core import CoreConfig
 
 UIDS = {
     "source": "alerts-source",
     "key": "key-by-user",
     "penalty": "penalty-decisions",
+    "route": "route-outputs",
     "enforcement": "sink-enforcement",
     "notifications": "sink-notifications",
     "audit": "sink-audit",
@@ -57,23 +53,17 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
         kafka.keyed_by_user(raw, "key by user", UIDS["key"])
         .process(PenaltyFunction(policy_bytes, policy_file, core_config, config.topics.decisions,
                                  config.max_payload_bytes, config.max_future_skew_ms, *(shadow or (None, None))),
-                 output_type=kafka.KEY_VALUE_TYPE)
+                 output_type=OUTPUT_TYPE)
         .uid(UIDS["penalty"]).name("penalty decisions")
     )
+    routed = kafka.route_outputs(decided, "route outputs", UIDS["route"])
     return Outputs(
-        enforcement=decided,
-        notifications=side_output(decided, NOTIFICATION_TAG),
-        audit=side_output(decided, AUDIT_TAG),
-        review=side_output(decided, REVIEW_TAG),
-        dlq=side_output(decided, DLQ_TAG),
+        enforcement=routed,
+        notifications=kafka.routed_side_output(routed, "notification"),
+        audit=kafka.routed_side_output(routed, "audit"),
+        review=kafka.routed_side_output(routed, "review"),
+        dlq=kafka.routed_side_output(routed, "dlq"),
     )
-
-
-def side_output(stream: DataStream, tag) -> DataStream:
-    """The side output as the JVM holds it (Java Rows of the tag's declared type). PyFlink's
-    get_side_output appends a Python identity map, which sends every side-output record through
-    Python a second time: it took a third of the operator's Python time (py-spy)."""
-    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
 
 
 def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str,

@@ -1,0 +1,128 @@
+package penalty.connectors;
+
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.MetricGroup;
+import org.apache.flink.runtime.metrics.DescriptiveStatisticsHistogram;
+import org.apache.flink.streaming.api.functions.ProcessFunction;
+import org.apache.flink.types.Row;
+import org.apache.flink.util.Collector;
+import org.apache.flink.util.OutputTag;
+
+import java.util.HashMap;
+import java.util.Map;
+
+/**
+ * Everything the Python operator produced for one input record, in one String[] (one crossing
+ * from Python to the JVM instead of one per output record and one per counter increment), routed
+ * in the JVM: output records to the main output (enforcement) or their side output, metric
+ * events to counters and the latency histogram.
+ *
+ * <p>The array is a sequence of triples (kind, a, b), written by jobs/operators.py:
+ * <ul>
+ *   <li>{@code enforcement | notification | audit | review | dlq, key, value}: an output record;
+ *   <li>{@code count, name, ""}: one increment of the counter {@code name} (see {@link #counter});
+ *   <li>{@code latency, event_time_ms, ""}: a decision was made for an alert of that event time.
+ * </ul>
+ */
+public class OutputRouter extends ProcessFunction<String[], Row> {
+    private static final long serialVersionUID = 1L;
+    public static final String MAIN = "enforcement";
+    public static final String[] SIDE_KINDS = {"notification", "audit", "review", "dlq"};
+    private static final int LATENCY_WINDOW = 2048;
+
+    private final String[] rejectionReasons;
+    private transient Map<String, OutputTag<Row>> tags;
+    private transient Map<String, Counter> counters;
+    private transient MetricGroup metrics;
+    private transient DescriptiveStatisticsHistogram latency;
+
+    /** @param rejectionReasons alert rejection reasons: their counters exist from the start. */
+    public OutputRouter(String[] rejectionReasons) {
+        this.rejectionReasons = rejectionReasons.clone();
+    }
+
+    /** The side output of one record kind, typed Row(key, value) of strings. */
+    public static OutputTag<Row> tag(String kind) {
+        return new OutputTag<>(kind, Types.ROW(Types.STRING, Types.STRING));
+    }
+
+    @Override
+    public void open(OpenContext openContext) {
+        tags = new HashMap<>();
+        for (String kind : SIDE_KINDS) {
+            tags.put(kind, tag(kind));
+        }
+        counters = new HashMap<>();
+        metrics = getRuntimeContext().getMetricGroup();
+        // Registered up front so dashboards and alert rules see them at zero.
+        for (String name : new String[] {"alerts_in", "alerts_valid", "decisions_in", "decisions_rejected"}) {
+            counter(name);
+        }
+        for (String reason : rejectionReasons) {
+            counter("alerts_rejected." + reason);
+        }
+        latency = new DescriptiveStatisticsHistogram(LATENCY_WINDOW);
+        metrics.histogram("decision_latency_ms", latency);
+    }
+
+    @Override
+    public void processElement(String[] items, Context ctx, Collector<Row> out) {
+        if (items.length % 3 != 0) {
+            throw new IllegalArgumentException("output batch of " + items.length + " strings is not (kind, a, b) triples");
+        }
+        for (int i = 0; i < items.length; i += 3) {
+            String kind = items[i];
+            if (MAIN.equals(kind)) {
+                out.collect(Row.of(items[i + 1], items[i + 2]));
+            } else if ("count".equals(kind)) {
+                counter(items[i + 1]).inc();
+            } else if ("latency".equals(kind)) {
+                latency.update(Math.max(0L, System.currentTimeMillis() - Long.parseLong(items[i + 1])));
+            } else {
+                OutputTag<Row> tag = tags.get(kind);
+                if (tag == null) {
+                    throw new IllegalArgumentException("unknown output kind " + kind);
+                }
+                ctx.output(tag, Row.of(items[i + 1], items[i + 2]));
+            }
+        }
+    }
+
+    /**
+     * The counter of one event name, registered on first use:
+     * "alerts_rejected.not_json" -> group reason=not_json, counter alerts_rejected;
+     * "decisions_rejected" -> group reason=invalid_decision, counter decisions_rejected;
+     * "shadow.agree.r1" -> group shadow_rule=r1, counter agree;
+     * "action.ban" -> group action=ban, counter decisions; "duplicate" -> counter duplicate.
+     */
+    Counter counter(String name) {
+        Counter counter = counters.get(name);
+        if (counter == null) {
+            counter = register(name);
+            counters.put(name, counter);
+        }
+        return counter;
+    }
+
+    private Counter register(String name) {
+        if (name.equals("decisions_rejected")) {
+            return metrics.addGroup("reason", "invalid_decision").counter(name);
+        }
+        if (name.startsWith("alerts_rejected.")) {
+            return metrics.addGroup("reason", name.substring("alerts_rejected.".length())).counter("alerts_rejected");
+        }
+        if (name.startsWith("shadow.")) {
+            String[] parts = name.split("\\.", 3);
+            if (parts.length == 3) {
+                return metrics.addGroup("shadow_rule", parts[2]).counter(parts[1]);
+            }
+        }
+        int dot = name.indexOf('.');
+        if (dot > 0) {
+            return metrics.addGroup(name.substring(0, dot), name.substring(dot + 1)).counter("decisions");
+        }
+        return metrics.counter(name);
+    }
+}
