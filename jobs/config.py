@@ -58,6 +58,9 @@ class JobConfig:
     idleness_ms: int = 10_000
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
+    # Users whose state each subtask keeps decoded in memory (a read cache; every change is still
+    # written to Flink state at once). 0 turns it off.
+    state_cache_users: int = 10_000
     transactional_id_prefix: str = "penalty"
     transaction_timeout_ms: int = 60_000  # must stay under the broker's max (900000 on noida-db)
     flink_conf: tuple[tuple[str, str], ...] = ()  # overrides of flink-conf/config.yaml
@@ -86,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--incident-window-ms", type=int, default=d.incident_window_ms)
     parser.add_argument("--max-out-of-orderness-ms", type=int, default=d.max_out_of_orderness_ms)
     parser.add_argument("--idleness-ms", type=int, default=d.idleness_ms)
+    parser.add_argument("--state-cache-users", type=int, default=d.state_cache_users,
+                        help="users per subtask whose state is kept decoded in memory (read cache; 0: off)")
     parser.add_argument("--transactional-id-prefix", default=d.transactional_id_prefix)
     parser.add_argument("--transaction-timeout-ms", type=int, default=d.transaction_timeout_ms)
     parser.add_argument("--checkpoint-interval-ms", type=int, help="override execution.checkpointing.interval")
@@ -102,6 +107,8 @@ def from_args(args: argparse.Namespace) -> JobConfig:
         if not sep:
             raise SystemExit(f"--conf expects KEY=VALUE, got {item!r}")
         conf.append((key.strip(), value.strip()))
+    if args.state_cache_users < 0:
+        raise SystemExit(f"--state-cache-users must be 0 (off) or more, got {args.state_cache_users}")
     if args.checkpoint_interval_ms is not None:
         conf.append(("execution.checkpointing.interval", f"{args.checkpoint_interval_ms}ms"))
     if args.checkpoint_dir:
@@ -122,6 +129,7 @@ def from_args(args: argparse.Namespace) -> JobConfig:
         incident_window_ms=args.incident_window_ms,
         max_out_of_orderness_ms=args.max_out_of_orderness_ms,
         idleness_ms=args.idleness_ms,
+        state_cache_users=args.state_cache_users,
         transactional_id_prefix=args.transactional_id_prefix,
         transaction_timeout_ms=args.transaction_timeout_ms,
         flink_conf=tuple(conf),

@@ -21,9 +21,10 @@ from connectors.alerts import (
     parse_alert,
 )
 from connectors.decisions import parse_decision
+from jobs.state_cache import CachedUser, UserStateCache
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore
-from rules.ledger import CODECS, DELETED, MAP_NAMES, UserState
+from rules.ledger import CODECS, DELETED, MAP_NAMES
 from rules.loader import parse_policy
 from rules.records import Output, dead_letter
 
@@ -49,26 +50,13 @@ def count(out: list, name: str) -> None:
     out += ("count", name, "")
 
 
-class MapStateBase:
-    """One keyed map of the current user (rules.ledger.MAP_NAMES) read from Flink MapState, one
-    entry at a time, decoded with the map's codec."""
-
-    def __init__(self, map_state, decode):
-        self.map_state = map_state
-        self.decode = decode
-
-    def get(self, key: str):
-        text = self.map_state.get(key)
-        return None if text is None else self.decode(text)
-
-
 class PenaltyFunction(KeyedProcessFunction):
     """Keyed by user_id: parse and validate, dedupe, incidents, strike ledger and rules, appeals
     and review verdicts. Input: raw records (RAW_ALERT_TYPE) of the alerts and decisions topics."""
 
     def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig, decisions_topic: str,
                  max_payload_bytes: int, max_future_skew_ms: int,
-                 shadow_bytes: bytes | None = None, shadow_file: str | None = None):
+                 shadow_bytes: bytes | None = None, shadow_file: str | None = None, state_cache_users: int = 0):
         self.policy_bytes = policy_bytes
         self.policy_file = policy_file
         self.core_config = core_config
@@ -77,6 +65,7 @@ class PenaltyFunction(KeyedProcessFunction):
         self.max_future_skew_ms = max_future_skew_ms
         self.shadow_bytes = shadow_bytes
         self.shadow_file = shadow_file
+        self.state_cache_users = state_cache_users
 
     def open(self, runtime_context: RuntimeContext):
         policy = parse_policy(self.policy_bytes, self.policy_file)
@@ -90,7 +79,8 @@ class PenaltyFunction(KeyedProcessFunction):
         self.maps = {name: runtime_context.get_map_state(MapStateDescriptor(f"user-{name}", Types.STRING(),
                                                                            Types.STRING()))
                      for name in MAP_NAMES}
-        self.bases = {name: MapStateBase(self.maps[name], CODECS[name][1]) for name in MAP_NAMES}
+        self.cache = UserStateCache(self.state_cache_users, self.maps,
+                                    {name: CODECS[name][1] for name in MAP_NAMES}, self.core_config.incident_window_ms)
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         out: list[str] = []
@@ -120,9 +110,10 @@ class PenaltyFunction(KeyedProcessFunction):
                 topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
             ))
             return
-        previous = self._load()
+        cached = self.cache.load(result.user_id, self.state.value)
+        previous = cached.state
         if is_decision:
-            self._apply(previous, self.core.on_decision(previous, result), ctx, out)
+            self._apply(cached, self.core.on_decision(previous, result), ctx, out)
             return
         count(out, "alerts_valid")
         alert: Alert = result
@@ -135,35 +126,39 @@ class PenaltyFunction(KeyedProcessFunction):
             audit, event = shadow.compare(self.shadow, self.core.policy.version, previous, alert, watermark_ms, step)
             if audit is not None:
                 count(out, event)
-        self._apply(previous, step, ctx, out)
+        self._apply(cached, step, ctx, out)
         if audit is not None:
             emit(out, audit)
 
-    def _load(self) -> UserState | None:
-        return UserState.decode(self.state.value(), self.bases, self.core_config.incident_window_ms)
-
-    def _write(self, name: str, key: str, value) -> None:
-        if value is DELETED:
-            self.maps[name].remove(key)
-        else:
-            self.maps[name].put(key, CODECS[name][0](value))
-
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
-        previous = self._load()
+        user_id = ctx.get_current_key()
+        cached = self.cache.load(user_id, self.state.value)
         out: list[str] = []
-        self._apply(previous, self.core.on_timer(previous, ctx.get_current_key(), timestamp), ctx, out)
+        self._apply(cached, self.core.on_timer(cached.state, user_id, timestamp), ctx, out)
         if out:
             yield out
 
-    def _apply(self, previous, step, ctx, out: list) -> None:
+    def _apply(self, cached: CachedUser, step, ctx, out: list) -> None:
+        previous = cached.state
         if step.state is not previous:
             if step.state is None:
                 self.state.clear()
                 for map_state in self.maps.values():
                     map_state.clear()
+                self.cache.cleared(cached)
             else:
-                step.state.flush(self._write)
+                maps = cached.maps
+
+                def write(name: str, key: str, value) -> None:
+                    if value is DELETED:
+                        self.maps[name].remove(key)
+                    else:
+                        self.maps[name].put(key, CODECS[name][0](value))
+                    maps[name].written(key, value)
+
+                step.state.flush(write)
                 self.state.update(step.state.encode())
+                self.cache.stored(cached, step.state)
         # One timer per user, at the next expiry: move it when the core's answer changes.
         old_wake = previous.next_wake_ms() if previous is not None else None
         new_wake = step.state.next_wake_ms() if step.state is not None else None

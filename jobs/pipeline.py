@@ -52,7 +52,8 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
     decided = (
         kafka.keyed_by_user(raw, "key by user", UIDS["key"])
         .process(PenaltyFunction(policy_bytes, policy_file, core_config, config.topics.decisions,
-                                 config.max_payload_bytes, config.max_future_skew_ms, *(shadow or (None, None))),
+                                 config.max_payload_bytes, config.max_future_skew_ms, *(shadow or (None, None)),
+                                 state_cache_users=config.state_cache_users),
                  output_type=OUTPUT_TYPE)
         .uid(UIDS["penalty"]).name("penalty decisions")
     )

@@ -76,7 +76,10 @@ def canonical(records: list[dict]) -> list[str]:
     return sorted(out)
 
 
-def test_operator_and_simulate_agree_including_timer_expiry():
+@pytest.mark.parametrize("state_cache_users", [10_000, 1, 0], ids=["cache", "cache-of-1", "no-cache"])
+def test_operator_and_simulate_agree_including_timer_expiry(state_cache_users):
+    """Also with the read cache evicting at every other user (1) and off (0): the cache changes
+    where reads come from, never what the job decides."""
     from jobs.generator import AlertGenerator, Mix
 
     # 4 hours of event time between alerts: over 2,000 alerts strikes of 30 and 90 days expire
@@ -84,7 +87,7 @@ def test_operator_and_simulate_agree_including_timer_expiry():
     gen = AlertGenerator(seed=11, users=40, start_ms=T0_MS, step_ms=4 * 3_600_000, mix=Mix(malformed=0, oversized=0))
     lines = [line for line in gen.payloads(2000) if line]
     lines.sort(key=_event_time)  # simulate orders by event time; feed the job the same order
-    job = run_operators(lines)
+    job = run_operators(lines, state_cache_users=state_cache_users)
     sim = [r for r in simulate(lines) if r["kind"] != "rejection"]
     expiries = [r for r in job if r["kind"] == "audit" and r["record"]["kind"] == "strike_expired"]
     assert len(expiries) > 100
