@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import NamedTuple
 from pathlib import Path
 
@@ -105,7 +106,7 @@ class JobUnderTest:
 
 
 def measure_latency(args) -> dict:
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
     data = Path(tempfile.mkdtemp(prefix="penalty-bench-"))
     stack = localstack.start_stack(data)
@@ -115,7 +116,9 @@ def measure_latency(args) -> dict:
     seen_at: dict[str, float] = {}
     job = JobUnderTest(data, args.parallelism, args.mini_cluster)
     try:
-        job_args = ["--bootstrap-servers", stack.bootstrap, "--starting-offsets", "latest", "--delivery", args.delivery]
+        group = "bench-latency"
+        job_args = ["--bootstrap-servers", stack.bootstrap, "--starting-offsets", "latest", "--delivery", args.delivery,
+                    "--group-id", group]
         if args.checkpoint_interval_ms:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
         job.start(job_args)
@@ -125,24 +128,35 @@ def measure_latency(args) -> dict:
                 raise RuntimeError(f"the job did not start within 180 s; logs in {data}")
             time.sleep(0.5)
         consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "bench",
-                             "group.instance.id": "bench-1", "isolation.level": "read_committed",
-                             "auto.offset.reset": "latest", "enable.auto.commit": False})
-        consumer.subscribe([topics.enforcement])
-        time.sleep(8)  # job start + consumer assignment, before the first alert
-        consumer.poll(0.5)
+                             "isolation.level": "read_committed", "enable.auto.commit": False})
+        partitions = consumer.list_topics(topics.enforcement, timeout=10).topics[topics.enforcement].partitions
+        assignment = [TopicPartition(topics.enforcement, p, OFFSET_END) for p in partitions]
+        consumer.assign(assignment)
+        time.sleep(8)  # job start, before the first alert
         stop = threading.Event()
+        read_up_to: list = []  # the consumer's positions after its last burst (for the trimmer)
 
         def consume():
+            # Polls all the time: pausing between bursts (to spare the CPU a caught-up consumer
+            # spends against this broker, which ignores the fetch wait) delayed records by
+            # seconds after each resume.
             while not stop.is_set():
-                for msg in consumer.consume(500, timeout=0.2):
+                msgs = consumer.consume(500, timeout=0.05)
+                now = time.time()
+                for msg in msgs:
                     if msg.error():
                         continue
                     cause = json.loads(msg.value())["cause"]
-                    alert_id = cause.split(":", 1)[1]
-                    seen_at.setdefault(alert_id, time.time())
+                    seen_at.setdefault(cause.split(":", 1)[1], now)
+                if msgs:
+                    read_up_to[:] = consumer.position(assignment)
 
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
+        trimmer = Trimmer(stack.bootstrap, topics.alerts, group,
+                          [getattr(topics, name) for name in OUTPUTS if name != "enforcement"],
+                          consumed=lambda: list(read_up_to))
+        trimmer.start()
         # Only clear, fresh violations of distinct users: each gets one enforcement record to time.
         producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 1})
         interval = 1.0 / args.rate
@@ -164,6 +178,7 @@ def measure_latency(args) -> dict:
         while len(seen_at) < len(sent_at) and time.monotonic() < deadline:
             time.sleep(0.2)
         stop.set()
+        trimmer.done.set()
         reader.join(timeout=5)
         consumer.close()
     finally:
@@ -182,6 +197,7 @@ def measure_latency(args) -> dict:
         "p50_s": round(percentile(warm, 0.50), 3), "p95_s": round(percentile(warm, 0.95), 3),
         "p99_s": round(percentile(warm, 0.99), 3), "max_s": round(max(warm), 3),
         "mean_s": round(statistics.fmean(warm), 3), "cpus": os.cpu_count(),
+        "broker_trims": trimmer.trims, "broker_trims_skipped": trimmer.skipped,
     }
 
 
@@ -240,12 +256,14 @@ class Trimmer(threading.Thread):
     input and outputs kept, that alone grows past a core of the two, which a real broker never
     spends. Every few seconds this deletes (DeleteRecords) the outputs below their committed end
     (the bench only counts end offsets) and the input the job has committed, as retention would
-    on a real cluster. Best effort: a request the broker does not answer in time is skipped."""
+    on a real cluster; `consumed` gives positions of a topic the bench reads itself (below which
+    it may go too). Best effort: a request the broker does not answer in time is skipped."""
 
-    def __init__(self, bootstrap: str, input_topic: str, group: str, output_topics: list[str]):
+    def __init__(self, bootstrap: str, input_topic: str, group: str, output_topics: list[str],
+                 consumed: Callable[[], list] = list):
         super().__init__(daemon=True)
         self.bootstrap, self.input_topic, self.group = bootstrap, input_topic, group
-        self.output_topics = output_topics
+        self.output_topics, self.consumed = output_topics, consumed
         self.done = threading.Event()
         self.trims = self.skipped = 0
 
@@ -273,6 +291,7 @@ class Trimmer(threading.Thread):
                     wanted = self.offsets(consumer, self.input_topic, committed=True)
                     for topic in self.output_topics:
                         wanted += self.offsets(consumer, topic, committed=False)
+                    wanted += [tp for tp in self.consumed() if tp.offset > 0]
                     if wanted:
                         for future in admin.delete_records(wanted, request_timeout=5).values():
                             future.result(timeout=10)
