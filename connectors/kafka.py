@@ -5,7 +5,10 @@ helpers of ours (connectors/java, compiled by scripts/setup.sh):
   event_time_ms) so DLQ records can name where a bad record came from, cuts oversized payloads
   before they reach Python, and lets the source emit per-partition watermarks with idleness;
 - UserKeyExtractor keys raw records by the payload's user_id in the JVM;
-- KeyValueRowSerializer writes Row(key, value) with the user id as Kafka key.
+- OutputRouter turns the Python operator's per-record output arrays into Row(kind, key, value)
+  records and metric events into counters;
+- KindTopicRowSerializer writes Row(kind, key, value) to the topic of its kind, with the user id
+  as Kafka key, so one sink serves every output topic.
 
 PyFlink's builders do not expose a record deserializer, so those two are set on the Java
 builders directly.
@@ -36,7 +39,7 @@ RAW_ALERT_TYPE = Types.ROW([
     Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(),
     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG(),
 ])
-KEY_VALUE_TYPE = Types.ROW([Types.STRING(), Types.STRING()])
+OUTPUT_RECORD_TYPE = Types.ROW([Types.STRING(), Types.STRING(), Types.STRING()])  # kind, key, value
 
 
 class ConnectorError(Exception):
@@ -172,39 +175,33 @@ def keyed_by_user(raw: DataStream, name: str, uid: str) -> KeyedStream:
 
 def route_outputs(decided: DataStream, name: str, uid: str) -> DataStream:
     """The Python operator's per-record output arrays (jobs/operators.OUTPUT_TYPE) routed in the
-    JVM (OutputRouter): enforcement records are the main output, the other kinds side outputs
-    (routed_side_output), metric events go to the router's counters."""
-    gateway = get_gateway()
-    reasons = gateway.new_array(gateway.jvm.java.lang.String, len(REASONS))
-    for i, reason in enumerate(REASONS):
-        reasons[i] = reason
-    j_routed = decided._j_data_stream.process(_new("penalty.connectors.OutputRouter", reasons),
-                                              KEY_VALUE_TYPE.get_java_type_info())
+    JVM (OutputRouter): output records as Row(kind, key, value) (OUTPUT_RECORD_TYPE), metric
+    events to the router's counters."""
+    j_routed = decided._j_data_stream.process(_new("penalty.connectors.OutputRouter", _string_array(REASONS)),
+                                              OUTPUT_RECORD_TYPE.get_java_type_info())
     j_routed.name(name).uid(uid)
     return DataStream(j_routed)
 
 
-def routed_side_output(routed: DataStream, kind: str) -> DataStream:
-    """One side output of route_outputs, Row(key, value) as the JVM holds it: no Python map
-    (PyFlink's get_side_output appends one, a second pass through Python per record)."""
+def _string_array(values):
     gateway = get_gateway()
-    param_types = gateway.new_array(gateway.jvm.java.lang.Class, 1)
-    param_types[0] = _java_class("java.lang.String")
-    args = gateway.new_array(gateway.jvm.java.lang.Object, 1)
-    args[0] = kind
-    tag = _java_class("penalty.connectors.OutputRouter").getMethod("tag", param_types).invoke(None, args)
-    return DataStream(routed._j_data_stream.getSideOutput(tag))
+    array = gateway.new_array(gateway.jvm.java.lang.String, len(values))
+    for i, value in enumerate(values):
+        array[i] = value
+    return array
 
 
-def key_value_sink(
+def output_sink(
     bootstrap_servers: str,
-    topic: str,
+    topics_by_kind: dict[str, str],
     exactly_once: bool,
     transactional_id_prefix: str,
     transaction_timeout_ms: int,
     extra_properties: dict[str, str] | None = None,
 ) -> KafkaSink:
-    """Sink of Row(key, value) strings to one topic."""
+    """One sink for every output topic: Row(kind, key, value) goes to topics_by_kind[kind]. One
+    producer (and under exactly-once one transaction per checkpoint) per subtask, whatever the
+    number of topics."""
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(bootstrap_servers)
@@ -219,20 +216,21 @@ def key_value_sink(
         builder.set_transactional_id_prefix(transactional_id_prefix)
     for key, value in (extra_properties or {}).items():
         builder.set_property(key, value)
-    builder._j_builder.setRecordSerializer(_new("penalty.connectors.KeyValueRowSerializer", topic))
+    kinds = list(topics_by_kind)
+    builder._j_builder.setRecordSerializer(_new("penalty.connectors.KindTopicRowSerializer", _string_array(kinds),
+                                                _string_array([topics_by_kind[k] for k in kinds])))
     return builder.build()
 
 
 __all__ = [
     "RAW_ALERT_TYPE",
-    "KEY_VALUE_TYPE",
+    "OUTPUT_RECORD_TYPE",
     "ConnectorError",
     "alert_source",
     "alert_watermarks",
     "keyed_by_user",
     "route_outputs",
-    "routed_side_output",
-    "key_value_sink",
+    "output_sink",
     "jar_urls",
     "Duration",
 ]

@@ -4,21 +4,20 @@
       --key by user_id (in the JVM)--> penalty decisions (one Python operator: parse and
                                        validate, dedupe, incidents, ledger, rules, appeals and
                                        review verdicts; one array of outputs per input record)
-          --> route outputs (in the JVM: records to their stream, metric events to counters)
-          --> enforcement | notifications | audit | review | alerts.dlq   (one Kafka sink each)
+          --> route outputs (in the JVM: Row(kind, key, value) records, metric events to counters)
+          --> one Kafka sink: enforcement | notifications | audit | review | alerts.dlq by kind
 
 Every source, stateful operator and sink has a fixed uid: changing one breaks savepoints. (Jobs
-before the one-source layout had a "decisions-source" too: see docs/operations.md, upgrades.)
+before the one-source layout had a "decisions-source" too, and jobs before the one-sink layout a
+sink per topic: see docs/operations.md, upgrades.)
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from connectors import kafka
-from jobs.config import JobConfig
+from jobs.config import JobConfig, Topics
 from jobs.operators import OUTPUT_TYPE, PenaltyFunction
 from rules.core import CoreConfig
 
@@ -27,27 +26,21 @@ UIDS = {
     "key": "key-by-user",
     "penalty": "penalty-decisions",
     "route": "route-outputs",
-    "enforcement": "sink-enforcement",
-    "notifications": "sink-notifications",
-    "audit": "sink-audit",
-    "review": "sink-review",
-    "dlq": "sink-dlq",
+    "sink": "sink-outputs",
 }
 
 
-class Outputs(NamedTuple):
-    enforcement: DataStream
-    notifications: DataStream
-    audit: DataStream
-    review: DataStream
-    dlq: DataStream
+def topics_by_kind(topics: Topics) -> dict[str, str]:
+    """Output record kind (rules/records.py) -> topic."""
+    return {"enforcement": topics.enforcement, "notification": topics.notifications, "audit": topics.audit,
+            "review": topics.review, "dlq": topics.dlq}
 
 
 def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file: str,
-           shadow: tuple[bytes, str] | None = None) -> Outputs:
+           shadow: tuple[bytes, str] | None = None) -> DataStream:
     """Raw records of the alerts and decisions topics (RAW_ALERT_TYPE, with event-time
-    timestamps) -> the five output streams of Row(key, value). Shared by the Kafka job and the
-    mini-cluster tests."""
+    timestamps) -> output records Row(kind, key, value) (kafka.OUTPUT_RECORD_TYPE). Shared by the
+    Kafka job and the mini-cluster tests."""
     core_config = CoreConfig(config.dedupe_horizon_ms, config.incident_window_ms)
     decided = (
         kafka.keyed_by_user(raw, "key by user", UIDS["key"])
@@ -57,14 +50,7 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
                  output_type=OUTPUT_TYPE)
         .uid(UIDS["penalty"]).name("penalty decisions")
     )
-    routed = kafka.route_outputs(decided, "route outputs", UIDS["route"])
-    return Outputs(
-        enforcement=routed,
-        notifications=kafka.routed_side_output(routed, "notification"),
-        audit=kafka.routed_side_output(routed, "audit"),
-        review=kafka.routed_side_output(routed, "review"),
-        dlq=kafka.routed_side_output(routed, "dlq"),
-    )
+    return kafka.route_outputs(decided, "route outputs", UIDS["route"])
 
 
 def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str,
@@ -77,16 +63,7 @@ def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_by
     raw = env.from_source(
         source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms), "alerts source"
     ).uid(UIDS["source"])
-    outputs = decide(raw, config, policy_bytes, policy_file, shadow)
-
-    def sink(stream, name: str, topic: str) -> None:
-        stream.sink_to(kafka.key_value_sink(
-            config.bootstrap_servers, topic, config.exactly_once,
-            f"{config.transactional_id_prefix}-{name}", config.transaction_timeout_ms,
-        )).uid(UIDS[name]).name(f"{name} sink")
-
-    sink(outputs.enforcement, "enforcement", topics.enforcement)
-    sink(outputs.notifications, "notifications", topics.notifications)
-    sink(outputs.audit, "audit", topics.audit)
-    sink(outputs.review, "review", topics.review)
-    sink(outputs.dlq, "dlq", topics.dlq)
+    decide(raw, config, policy_bytes, policy_file, shadow).sink_to(kafka.output_sink(
+        config.bootstrap_servers, topics_by_kind(topics), config.exactly_once,
+        f"{config.transactional_id_prefix}-outputs", config.transaction_timeout_ms,
+    )).uid(UIDS["sink"]).name("outputs sink")

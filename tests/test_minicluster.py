@@ -39,11 +39,7 @@ def run_operators(lines: list[bytes], shadow: tuple[bytes, str] | None = None, *
                                                                     config.idleness_ms)))
     policy_bytes = DEFAULT_RULES.read_bytes()
     outputs = decide(raw, config, policy_bytes, str(DEFAULT_RULES), shadow)
-    tagged_type = Types.ROW([Types.STRING(), Types.STRING(), Types.STRING()])
-    streams = [stream.map(lambda row, kind=kind: Row(kind, row[0], row[1]), output_type=tagged_type)
-               for kind, stream in outputs._asdict().items()]
-    union = streams[0].union(*streams[1:])
-    with union.execute_and_collect("minicluster-test") as results:
+    with outputs.execute_and_collect("minicluster-test") as results:
         return [{"kind": kind, "key": key, "record": json.loads(value)} for kind, key, value in results]
 
 

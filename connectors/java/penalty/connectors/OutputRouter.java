@@ -1,6 +1,5 @@
 package penalty.connectors;
 
-import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.metrics.MetricGroup;
@@ -8,7 +7,6 @@ import org.apache.flink.runtime.metrics.DescriptiveStatisticsHistogram;
 import org.apache.flink.streaming.api.functions.ProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
-import org.apache.flink.util.OutputTag;
 
 import java.util.HashMap;
 import java.util.Map;
@@ -16,24 +14,22 @@ import java.util.Map;
 /**
  * Everything the Python operator produced for one input record, in one String[] (one crossing
  * from Python to the JVM instead of one per output record and one per counter increment), routed
- * in the JVM: output records to the main output (enforcement) or their side output, metric
- * events to counters and the latency histogram.
+ * in the JVM: output records to Row(kind, key, value) for the one Kafka sink (which picks the
+ * topic by kind, see KindTopicRowSerializer), metric events to counters and the latency histogram.
  *
  * <p>The array is a sequence of triples (kind, a, b), written by jobs/operators.py:
  * <ul>
- *   <li>{@code enforcement | notification | audit | review | dlq, key, value}: an output record;
+ *   <li>{@code enforcement | notification | audit | review | dlq, key, value}: an output record
+ *       (the kinds of rules/records.py);
  *   <li>{@code count, name, ""}: one increment of the counter {@code name} (see {@link #counter});
  *   <li>{@code latency, event_time_ms, ""}: a decision was made for an alert of that event time.
  * </ul>
  */
 public class OutputRouter extends ProcessFunction<String[], Row> {
     private static final long serialVersionUID = 1L;
-    public static final String MAIN = "enforcement";
-    public static final String[] SIDE_KINDS = {"notification", "audit", "review", "dlq"};
     private static final int LATENCY_WINDOW = 2048;
 
     private final String[] rejectionReasons;
-    private transient Map<String, OutputTag<Row>> tags;
     private transient Map<String, Counter> counters;
     private transient MetricGroup metrics;
     private transient DescriptiveStatisticsHistogram latency;
@@ -43,17 +39,8 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
         this.rejectionReasons = rejectionReasons.clone();
     }
 
-    /** The side output of one record kind, typed Row(key, value) of strings. */
-    public static OutputTag<Row> tag(String kind) {
-        return new OutputTag<>(kind, Types.ROW(Types.STRING, Types.STRING));
-    }
-
     @Override
     public void open(OpenContext openContext) {
-        tags = new HashMap<>();
-        for (String kind : SIDE_KINDS) {
-            tags.put(kind, tag(kind));
-        }
         counters = new HashMap<>();
         metrics = getRuntimeContext().getMetricGroup();
         // Registered up front so dashboards and alert rules see them at zero.
@@ -74,18 +61,12 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
         }
         for (int i = 0; i < items.length; i += 3) {
             String kind = items[i];
-            if (MAIN.equals(kind)) {
-                out.collect(Row.of(items[i + 1], items[i + 2]));
-            } else if ("count".equals(kind)) {
+            if ("count".equals(kind)) {
                 counter(items[i + 1]).inc();
             } else if ("latency".equals(kind)) {
                 latency.update(Math.max(0L, System.currentTimeMillis() - Long.parseLong(items[i + 1])));
             } else {
-                OutputTag<Row> tag = tags.get(kind);
-                if (tag == null) {
-                    throw new IllegalArgumentException("unknown output kind " + kind);
-                }
-                ctx.output(tag, Row.of(items[i + 1], items[i + 2]));
+                out.collect(Row.of(kind, items[i + 1], items[i + 2]));
             }
         }
     }
