@@ -29,7 +29,12 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 
-from connectors.alerts import MAX_FUTURE_SKEW_MS, MAX_PAYLOAD_BYTES, MAX_RAW_BYTES, REASONS
+from connectors.alerts import (
+    MAX_FUTURE_SKEW_MS,
+    MAX_PAYLOAD_BYTES,
+    MAX_RAW_BYTES,
+    REASONS,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JAR_NAMES = ("flink-connector-kafka.jar", "kafka-clients.jar", "penalty-connectors.jar")
@@ -223,14 +228,14 @@ def output_sink(
 
 
 __all__ = [
-    "RAW_ALERT_TYPE",
     "OUTPUT_RECORD_TYPE",
+    "RAW_ALERT_TYPE",
     "ConnectorError",
+    "Duration",
     "alert_source",
     "alert_watermarks",
-    "keyed_by_user",
-    "route_outputs",
-    "output_sink",
     "jar_urls",
-    "Duration",
+    "keyed_by_user",
+    "output_sink",
+    "route_outputs",
 ]

@@ -28,8 +28,8 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from jobs import config as job_config
 from jobs import localstack

@@ -31,7 +31,7 @@ class CachedMap:
     """One keyed map of one user: entries known in memory, the rest read from state on demand
     (decoded with the map's codec) unless the map is complete."""
 
-    __slots__ = ("state", "decode", "complete", "known")
+    __slots__ = ("complete", "decode", "known", "state")
 
     def __init__(self, state: MapState, decode: Callable[[str], Any], complete: bool):
         self.state, self.decode, self.complete = state, decode, complete
@@ -54,7 +54,7 @@ class CachedMap:
 
 
 class CachedUser:
-    __slots__ = ("state", "maps")
+    __slots__ = ("maps", "state")
 
     def __init__(self, state: UserState | None, maps: dict[str, CachedMap]):
         self.state, self.maps = state, maps

@@ -82,7 +82,7 @@ def test_writes_and_deletes_are_seen_through_the_cache():
 
 
 def test_least_recently_used_users_are_evicted_and_read_back_from_state():
-    cache, maps, ledger, read_ledger = make_cache(2)
+    cache, _maps, ledger, read_ledger = make_cache(2)
     for user in ("u-1", "u-2"):
         cache.load(user, read_ledger)
     cache.load("u-1", read_ledger)  # u-2 is now the oldest
@@ -104,7 +104,7 @@ def test_a_cleared_user_starts_again_from_nothing_without_reads():
 
 
 def test_size_zero_keeps_nothing():
-    cache, maps, ledger, read_ledger = make_cache(0)
+    cache, _maps, ledger, read_ledger = make_cache(0)
     cache.load("u-1", read_ledger)
     cache.load("u-1", read_ledger)
     assert ledger["reads"] == 2 and not cache.users
