@@ -120,8 +120,12 @@ class ExpiryQueue(NamedTuple):
     head_due_ms: int | None = None
 
 
+# json.dumps with non-default options builds an encoder per call; state is encoded on every step.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _encode_incident(i: Incident) -> str:
-    return json.dumps([*i[:6], list(i.alert_ids), *i[7:]], separators=(",", ":"))
+    return _compact([*i[:6], list(i.alert_ids), *i[7:]])
 
 
 def _decode_incident(text: str) -> Incident:
@@ -134,7 +138,7 @@ CODECS = {
     "seen": (str, int),
     "incidents": (_encode_incident, _decode_incident),
     "incident_slots": (str, str),
-    "expiry": (lambda e: json.dumps(e, separators=(",", ":")), lambda text: tuple(json.loads(text))),
+    "expiry": (_compact, lambda text: tuple(json.loads(text))),
 }
 
 
@@ -282,7 +286,7 @@ class UserState:
     # ----------------------------------------------------------- encoding
     def encode(self) -> str:
         """The ledger value (the maps are written entry by entry, see CODECS)."""
-        return json.dumps(
+        return _compact(
             [
                 STATE_FORMAT,
                 self.user_version,
@@ -292,8 +296,7 @@ class UserState:
                 self.sanction_incident,
                 self.incident_seq,
                 [list(q) for q in self.queues],
-            ],
-            separators=(",", ":"),
+            ]
         )
 
     @staticmethod
