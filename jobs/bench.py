@@ -121,6 +121,8 @@ def measure_latency(args) -> dict:
                     "--group-id", group]
         if args.checkpoint_interval_ms:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
+        for item in args.conf:
+            job_args += ["--conf", item]
         job.start(job_args)
         deadline = time.monotonic() + 180
         while job.running_job() is None:
@@ -191,7 +193,7 @@ def measure_latency(args) -> dict:
     warm = latencies[int(len(latencies) * 0.1):] or latencies
     return {
         "benchmark": "latency", "delivery": args.delivery, "rate_per_s": args.rate, "seconds": args.seconds,
-        "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "parallelism": args.parallelism,
+        "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "flink_conf": args.conf, "parallelism": args.parallelism,
         "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
         "sent": len(sent_at), "seen": len(latencies),
         "p50_s": round(percentile(warm, 0.50), 3), "p95_s": round(percentile(warm, 0.95), 3),
@@ -321,6 +323,8 @@ def measure_throughput(args) -> dict:
                     "--delivery", "exactly_once"]
         if args.checkpoint_interval_ms:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
+        for item in args.conf:
+            job_args += ["--conf", item]
         job.start(job_args)
         peak_rss, started, job_id, checkpoints = 0, None, None, []
         cpu_start = broker_cpu_start = 0.0
@@ -362,7 +366,7 @@ def measure_throughput(args) -> dict:
             "benchmark": "throughput", "alerts": produced, "users": args.users, "zipf_s": args.zipf_s,
             "delivery": "exactly_once", "parallelism": args.parallelism,
             "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
-            "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "cpus": os.cpu_count(),
+            "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "flink_conf": args.conf, "cpus": os.cpu_count(),
             "completed": done, "input_committed": committed, "input_end": end,
             "produce_s": round(produce_s, 1), "job_s": round(elapsed, 1),
             "alerts_per_s": round(produced / elapsed) if done else None,
@@ -403,6 +407,8 @@ def main(argv=None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--checkpoint-interval-ms", type=int, default=None)
         p.add_argument("--parallelism", type=int, default=2)
+        p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                       help="Flink option for the job (repeatable), as `python -m jobs.penalty_job --conf`")
         p.add_argument("--mini-cluster", action="store_true",
                        help="run the job embedded in one process (`make run`) instead of on a local standalone "
                             "cluster of one-slot TaskManagers")
