@@ -58,8 +58,13 @@ def job_args(stack, prefix: str, checkpoint_dir: Path, *extra: str) -> list[str]
             "--transactional-id-prefix", prefix + "penalty", "--checkpoint-dir", str(checkpoint_dir), *extra]
 
 
-@pytest.mark.parametrize("kill_after_s", [2.0, 6.0])
-def test_kill_9_mid_stream_then_restore_gives_every_record_exactly_once(stack, tmp_path, kill_after_s):
+# The second case also restores a checkpoint written under RocksDB's leveled compaction (the
+# setting before flink-conf chose universal) into the shipped configuration.
+@pytest.mark.parametrize(("kill_after_s", "first_run_conf"), [
+    (2.0, ()),
+    (6.0, ("--conf", "state.backend.rocksdb.compaction.style=LEVEL")),
+])
+def test_kill_9_mid_stream_then_restore_gives_every_record_exactly_once(stack, tmp_path, kill_after_s, first_run_conf):
     prefix = f"crash{int(kill_after_s)}-"
     topics = Topics().prefixed(prefix)
     create_topics(stack.bootstrap, topics.partitions())
@@ -77,7 +82,7 @@ def test_kill_9_mid_stream_then_restore_gives_every_record_exactly_once(stack, t
 
     ck = tmp_path / "checkpoints"
     producer = threading.Thread(target=produce_paced, args=(stack.bootstrap, topics.alerts, lines, 1500))
-    job = JobProcess(job_args(stack, prefix, ck, "--starting-offsets", "earliest"), tmp_path / "job1.log")
+    job = JobProcess(job_args(stack, prefix, ck, "--starting-offsets", "earliest", *first_run_conf), tmp_path / "job1.log")
     try:
         wait_for(lambda: checkpoints(ck), 90, "the first checkpoint", job)
         producer.start()
