@@ -121,8 +121,7 @@ def measure_latency(args) -> dict:
                     "--group-id", group]
         if args.checkpoint_interval_ms:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
-        for item in args.conf:
-            job_args += ["--conf", item]
+        job_args += _passthrough(args)
         job.start(job_args)
         deadline = time.monotonic() + 180
         while job.running_job() is None:
@@ -193,7 +192,8 @@ def measure_latency(args) -> dict:
     warm = latencies[int(len(latencies) * 0.1):] or latencies
     return {
         "benchmark": "latency", "delivery": args.delivery, "rate_per_s": args.rate, "seconds": args.seconds,
-        "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "flink_conf": args.conf, "parallelism": args.parallelism,
+        "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "flink_conf": args.conf,
+        "source_properties": args.source_property, "sink_properties": args.sink_property, "parallelism": args.parallelism,
         "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
         "sent": len(sent_at), "seen": len(latencies),
         "p50_s": round(percentile(warm, 0.50), 3), "p95_s": round(percentile(warm, 0.95), 3),
@@ -323,8 +323,7 @@ def measure_throughput(args) -> dict:
                     "--delivery", "exactly_once"]
         if args.checkpoint_interval_ms:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
-        for item in args.conf:
-            job_args += ["--conf", item]
+        job_args += _passthrough(args)
         job.start(job_args)
         peak_rss, started, job_id = 0, None, None
         cpu_start = broker_cpu_start = 0.0
@@ -365,7 +364,8 @@ def measure_throughput(args) -> dict:
             "benchmark": "throughput", "alerts": produced, "users": args.users, "zipf_s": args.zipf_s,
             "delivery": "exactly_once", "parallelism": args.parallelism,
             "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
-            "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "flink_conf": args.conf, "cpus": os.cpu_count(),
+            "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "flink_conf": args.conf,
+            "source_properties": args.source_property, "sink_properties": args.sink_property, "cpus": os.cpu_count(),
             "completed": done, "input_committed": committed, "input_end": end,
             "produce_s": round(produce_s, 1), "job_s": round(elapsed, 1),
             "alerts_per_s": round(produced / elapsed) if done else None,
@@ -408,6 +408,16 @@ def latency_table(r: dict) -> str:
             f"p50 {r['p50_s']} s, p95 {r['p95_s']} s, p99 {r['p99_s']} s, max {r['max_s']} s")
 
 
+def _passthrough(args) -> list[str]:
+    """The bench's Flink and Kafka overrides as flags of the job under test."""
+    flags = []
+    for flag, items in (("--conf", args.conf), ("--source-property", args.source_property),
+                        ("--sink-property", args.sink_property)):
+        for item in items:
+            flags += [flag, item]
+    return flags
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -417,6 +427,10 @@ def main(argv=None) -> int:
         p.add_argument("--parallelism", type=int, default=2)
         p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="Flink option for the job (repeatable), as `python -m jobs.penalty_job --conf`")
+        p.add_argument("--source-property", action="append", default=[], metavar="KEY=VALUE",
+                       help="Kafka consumer property for the job's source (repeatable)")
+        p.add_argument("--sink-property", action="append", default=[], metavar="KEY=VALUE",
+                       help="Kafka producer property for the job's sink (repeatable)")
         p.add_argument("--mini-cluster", action="store_true",
                        help="run the job embedded in one process (`make run`) instead of on a local standalone "
                             "cluster of one-slot TaskManagers")

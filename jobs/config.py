@@ -64,6 +64,10 @@ class JobConfig:
     transactional_id_prefix: str = "penalty"
     transaction_timeout_ms: int = 60_000  # must stay under the broker's max (900000 on noida-db)
     flink_conf: tuple[tuple[str, str], ...] = ()  # overrides of flink-conf/config.yaml
+    # Kafka client properties (security, fetch and batch sizes) for the source's consumers and
+    # the sink's producers; they override the job's own settings of the same key.
+    source_properties: tuple[tuple[str, str], ...] = ()
+    sink_properties: tuple[tuple[str, str], ...] = ()
 
     @property
     def exactly_once(self) -> bool:
@@ -98,15 +102,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restore-from", help="checkpoint (chk-N) or savepoint directory to restore from")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                         help="override any Flink setting of flink-conf/config.yaml")
+    parser.add_argument("--kafka-property", action="append", default=[], metavar="KEY=VALUE",
+                        help="Kafka client property for the source and the sink (e.g. security.protocol=SASL_SSL)")
+    parser.add_argument("--source-property", action="append", default=[], metavar="KEY=VALUE",
+                        help="Kafka consumer property for the source only (e.g. max.poll.records=2000)")
+    parser.add_argument("--sink-property", action="append", default=[], metavar="KEY=VALUE",
+                        help="Kafka producer property for the sink only (e.g. linger.ms=20)")
+
+
+def _pairs(flag: str, items: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
 
 
 def from_args(args: argparse.Namespace) -> JobConfig:
-    conf: list[tuple[str, str]] = []
-    for item in args.conf:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--conf expects KEY=VALUE, got {item!r}")
-        conf.append((key.strip(), value.strip()))
+    conf = _pairs("--conf", args.conf)
+    kafka = _pairs("--kafka-property", args.kafka_property)
     if args.state_cache_users < 0:
         raise SystemExit(f"--state-cache-users must be 0 (off) or more, got {args.state_cache_users}")
     if args.checkpoint_interval_ms is not None:
@@ -133,6 +149,8 @@ def from_args(args: argparse.Namespace) -> JobConfig:
         transactional_id_prefix=args.transactional_id_prefix,
         transaction_timeout_ms=args.transaction_timeout_ms,
         flink_conf=tuple(conf),
+        source_properties=tuple(kafka + _pairs("--source-property", args.source_property)),
+        sink_properties=tuple(kafka + _pairs("--sink-property", args.sink_property)),
     )
 
 

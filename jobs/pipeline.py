@@ -58,12 +58,12 @@ def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_by
     topics = config.topics
     source = kafka.alert_source(
         config.bootstrap_servers, [topics.alerts, topics.decisions], config.group_id, config.starting_offsets,
-        config.bounded, config.max_payload_bytes, config.max_future_skew_ms,
+        config.bounded, config.max_payload_bytes, config.max_future_skew_ms, dict(config.source_properties),
     )
     raw = env.from_source(
         source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms), "alerts source"
     ).uid(UIDS["source"])
     decide(raw, config, policy_bytes, policy_file, shadow).sink_to(kafka.output_sink(
         config.bootstrap_servers, topics_by_kind(topics), config.exactly_once,
-        f"{config.transactional_id_prefix}-outputs", config.transaction_timeout_ms,
+        f"{config.transactional_id_prefix}-outputs", config.transaction_timeout_ms, dict(config.sink_properties),
     )).uid(UIDS["sink"]).name("outputs sink")

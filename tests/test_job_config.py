@@ -1,0 +1,47 @@
+"""The job's flags -> its configuration and Flink settings (no JVM)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from jobs import config as job_config
+from jobs.flink_env import settings_for
+
+
+def parse(*argv: str) -> job_config.JobConfig:
+    parser = argparse.ArgumentParser()
+    job_config.add_arguments(parser)
+    return job_config.from_args(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_exactly_once_keeps_aligned_checkpoints_and_at_least_once_drops_alignment(embedded):
+    exactly_once = settings_for(parse(), embedded)
+    at_least_once = settings_for(parse("--delivery", "at_least_once"), embedded)
+    # Embedded runs take flink-conf's exactly-once mode; a cluster keeps its own configuration.
+    assert exactly_once.get("execution.checkpointing.mode", "EXACTLY_ONCE") == "EXACTLY_ONCE"
+    assert ("execution.checkpointing.mode" in exactly_once) == embedded
+    assert at_least_once["execution.checkpointing.mode"] == "AT_LEAST_ONCE"
+
+
+def test_an_explicit_conf_wins_over_the_delivery_default():
+    config = parse("--delivery", "at_least_once", "--conf", "execution.checkpointing.mode=EXACTLY_ONCE")
+    assert settings_for(config, embedded=True)["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+
+
+def test_kafka_properties_go_to_source_and_sink_and_the_specific_flags_win():
+    config = parse("--kafka-property", "security.protocol=SASL_SSL", "--kafka-property", "client.rack=a",
+                   "--source-property", "max.poll.records=2000", "--sink-property", "linger.ms=20",
+                   "--sink-property", "client.rack=b")
+    assert dict(config.source_properties) == {"security.protocol": "SASL_SSL", "client.rack": "a",
+                                              "max.poll.records": "2000"}
+    assert dict(config.sink_properties) == {"security.protocol": "SASL_SSL", "client.rack": "b", "linger.ms": "20"}
+
+
+@pytest.mark.parametrize("flag", ["--conf", "--kafka-property", "--source-property", "--sink-property"])
+@pytest.mark.parametrize("bad", ["no-equals-sign", "=value"])
+def test_a_malformed_key_value_flag_is_refused_with_its_name(flag, bad):
+    with pytest.raises(SystemExit, match=f"{flag} expects KEY=VALUE, got '{bad}'"):
+        parse(flag, bad)
