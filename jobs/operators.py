@@ -7,6 +7,7 @@ operator: each record crosses from Java to Python once."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 from pyflink.common import Types
@@ -50,6 +51,21 @@ def count(out: list, name: str) -> None:
     out += ("count", name, "")
 
 
+# Each record allocates thousands of short-lived objects and almost never a reference cycle, and
+# the read cache holds many long-lived ones. At CPython's default (a young collection every 700
+# allocations, the older generations re-scanned every 10 and 100 of those) cyclic GC took ~12% of
+# the operator's Python time (a dict-backed harness: ~92 -> ~81 us per record). Collect the young
+# generation every 50,000 allocations, and keep what open() built (modules, rules) out of every
+# scan. The interpreter is the TaskManager's (thread mode), so this is process-wide: the job is
+# the only Python there.
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_gc() -> None:
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class PenaltyFunction(KeyedProcessFunction):
     """Keyed by user_id: parse and validate, dedupe, incidents, strike ledger and rules, appeals
     and review verdicts. Input: raw records (RAW_ALERT_TYPE) of the alerts and decisions topics."""
@@ -81,6 +97,7 @@ class PenaltyFunction(KeyedProcessFunction):
                      for name in MAP_NAMES}
         self.cache = UserStateCache(self.state_cache_users, self.maps,
                                     {name: CODECS[name][1] for name in MAP_NAMES}, self.core_config.incident_window_ms)
+        tune_gc()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         out: list[str] = []
