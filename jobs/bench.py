@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -192,7 +193,7 @@ def measure_latency(args) -> dict:
     warm = latencies[int(len(latencies) * 0.1):] or latencies
     return {
         "benchmark": "latency", "delivery": args.delivery, "rate_per_s": args.rate, "seconds": args.seconds,
-        "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "flink_conf": args.conf,
+        "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf,
         "source_properties": args.source_property, "sink_properties": args.sink_property, "parallelism": args.parallelism,
         "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
         "sent": len(sent_at), "seen": len(latencies),
@@ -364,7 +365,7 @@ def measure_throughput(args) -> dict:
             "benchmark": "throughput", "alerts": produced, "users": args.users, "zipf_s": args.zipf_s,
             "delivery": "exactly_once", "parallelism": args.parallelism,
             "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
-            "checkpoint_interval_ms": args.checkpoint_interval_ms or 250, "flink_conf": args.conf,
+            "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf,
             "source_properties": args.source_property, "sink_properties": args.sink_property, "cpus": os.cpu_count(),
             "completed": done, "input_committed": committed, "input_end": end,
             "produce_s": round(produce_s, 1), "job_s": round(elapsed, 1),
@@ -406,6 +407,31 @@ def throughput_table(r: dict) -> str:
 def latency_table(r: dict) -> str:
     return (f"latency ({r['delivery']}, {r['rate_per_s']}/s for {r['seconds']} s): {r['seen']}/{r['sent']} enforced; "
             f"p50 {r['p50_s']} s, p95 {r['p95_s']} s, p99 {r['p99_s']} s, max {r['max_s']} s")
+
+
+def checkpoint_interval_ms(args) -> int:
+    """The interval the job under test runs with (jobs.flink_env.settings_for decides it)."""
+    from jobs import config as job_config
+    from jobs.flink_env import settings_for
+
+    parser = argparse.ArgumentParser()
+    job_config.add_arguments(parser)
+    flags = ["--delivery", getattr(args, "delivery", "exactly_once"), *_passthrough(args)]
+    if args.checkpoint_interval_ms:
+        flags += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
+    value = settings_for(job_config.from_args(parser.parse_args(flags)), embedded=True)
+    return _duration_ms(value["execution.checkpointing.interval"])
+
+
+_UNIT_MS = {"": 1, "ms": 1, "s": 1000, "min": 60_000, "m": 60_000, "h": 3_600_000}
+
+
+def _duration_ms(text: str) -> int:
+    """A Flink duration setting ("250ms", "5s", "2 min", a bare number of ms) in milliseconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", text.lower())
+    if not match or match.group(2) not in _UNIT_MS:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
 def _passthrough(args) -> list[str]:

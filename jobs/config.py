@@ -85,7 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", default=d.rules_path, help="policy YAML (validated before start)")
     parser.add_argument("--shadow-rules", help="a second policy YAML evaluated in shadow: audited "
                         "(kind shadow) and counted, never enforced")
-    parser.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default=d.delivery)
+    parser.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default=d.delivery,
+                        help="exactly_once: outputs visible when a checkpoint commits them. at_least_once: "
+                             "visible at once, repeated after a restore; checkpoints unaligned, every 5 s "
+                             "unless --checkpoint-interval-ms/--conf say otherwise")
     parser.add_argument("--starting-offsets", choices=("committed", "earliest", "latest"), default=d.starting_offsets)
     parser.add_argument("--bounded", action="store_true", help="stop at the end of the input present at start")
     parser.add_argument("--parallelism", type=int, default=d.parallelism)

@@ -12,6 +12,8 @@ from connectors import kafka
 from jobs.config import REPO_ROOT, JobConfig
 
 FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
+# The at-least-once delivery's checkpoint interval unless the run sets one (see settings_for).
+ALO_CHECKPOINT_INTERVAL = "5s"
 # Cluster-only settings that make no sense inside the embedded mini-cluster.
 CLUSTER_ONLY = ("metrics.reporters", "metrics.reporter.", "jobmanager.", "taskmanager.memory.", "rest.", "env.")
 
@@ -59,6 +61,11 @@ def settings_for(config: JobConfig, embedded: bool) -> dict[str, str]:
         # replay is then dropped as a duplicate, and its outputs were already flushed by the
         # same checkpoint (the sink is chained behind the operator), so nothing is lost.
         settings["execution.checkpointing.mode"] = "AT_LEAST_ONCE"
+        # Output is visible as soon as the producer sends it, so the interval does not bound
+        # latency here; it bounds what a restore replays. Each checkpoint stops the task thread
+        # for RocksDB's synchronous snapshot (~70 ms here): every 250 ms that was in most
+        # records' way (p95 0.26-0.37 s), every 5 s it is not (p95 0.15-0.16 s).
+        settings["execution.checkpointing.interval"] = ALO_CHECKPOINT_INTERVAL
     settings.update(dict(config.flink_conf))
     return settings
 

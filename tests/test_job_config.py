@@ -24,11 +24,15 @@ def test_exactly_once_keeps_aligned_checkpoints_and_at_least_once_drops_alignmen
     assert exactly_once.get("execution.checkpointing.mode", "EXACTLY_ONCE") == "EXACTLY_ONCE"
     assert ("execution.checkpointing.mode" in exactly_once) == embedded
     assert at_least_once["execution.checkpointing.mode"] == "AT_LEAST_ONCE"
+    assert at_least_once["execution.checkpointing.interval"] == "5s"
 
 
-def test_an_explicit_conf_wins_over_the_delivery_default():
-    config = parse("--delivery", "at_least_once", "--conf", "execution.checkpointing.mode=EXACTLY_ONCE")
-    assert settings_for(config, embedded=True)["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+def test_explicit_settings_win_over_the_delivery_defaults():
+    config = parse("--delivery", "at_least_once", "--conf", "execution.checkpointing.mode=EXACTLY_ONCE",
+                   "--checkpoint-interval-ms", "250")
+    settings = settings_for(config, embedded=True)
+    assert settings["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+    assert settings["execution.checkpointing.interval"] == "250ms"
 
 
 def test_kafka_properties_go_to_source_and_sink_and_the_specific_flags_win():
@@ -45,3 +49,16 @@ def test_kafka_properties_go_to_source_and_sink_and_the_specific_flags_win():
 def test_a_malformed_key_value_flag_is_refused_with_its_name(flag, bad):
     with pytest.raises(SystemExit, match=f"{flag} expects KEY=VALUE, got '{bad}'"):
         parse(flag, bad)
+
+
+def test_the_bench_reports_the_interval_the_job_runs_with():
+    from jobs.bench import checkpoint_interval_ms
+
+    def args(delivery="exactly_once", interval=None, conf=()):
+        return argparse.Namespace(delivery=delivery, checkpoint_interval_ms=interval, conf=list(conf),
+                                  source_property=[], sink_property=[])
+
+    assert checkpoint_interval_ms(args()) == 250  # flink-conf/config.yaml
+    assert checkpoint_interval_ms(args("at_least_once")) == 5000
+    assert checkpoint_interval_ms(args("at_least_once", interval=1000)) == 1000
+    assert checkpoint_interval_ms(args(conf=["execution.checkpointing.interval=2 min"])) == 120_000
