@@ -62,6 +62,9 @@ GC_THRESHOLDS = (50_000, 50, 100)
 
 
 def tune_gc() -> None:
+    # Collect first: after a failover in the same TaskManager the previous operator's garbage
+    # cycles would otherwise be frozen with the rest and never freed.
+    gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
