@@ -62,6 +62,8 @@ def test_submit_to_standalone_cluster_metrics_and_savepoint(stack, tmp_path):
             "--bootstrap-servers", stack.bootstrap, "--topic-prefix", "cl-", "--group-id", "cl-job",
             "--transactional-id-prefix", "cl", "--starting-offsets", "earliest", "--idleness-ms", "1000"])
         assert flink_cluster.job_status(cluster, job_id) in ("CREATED", "INITIALIZING", "RUNNING")
+        checkpointing = flink_cluster.rest(cluster, f"/jobs/{job_id}/checkpoints/config")
+        assert (checkpointing["mode"], checkpointing["interval"]) == ("exactly_once", 250)  # flink-conf
 
         enforcement = read_committed(stack.bootstrap, topics.enforcement, 20, timeout_s=120)
         assert sorted(r["record"]["user_id"] for r in enforcement) == sorted(f"u-c{i}" for i in range(20))
@@ -95,6 +97,14 @@ def test_submit_to_standalone_cluster_metrics_and_savepoint(stack, tmp_path):
         savepoint = flink_cluster.stop_job(cluster, job_id, tmp_path / "savepoints")
         assert (Path(savepoint.removeprefix("file:")) / "_metadata").is_file()
         assert flink_cluster.job_status(cluster, job_id) == "FINISHED"
+
+        # The at-least-once delivery's own checkpointing is a job setting over the cluster's.
+        job_id = flink_cluster.submit(cluster, [
+            "--bootstrap-servers", stack.bootstrap, "--topic-prefix", "cl-", "--group-id", "cl-job",
+            "--delivery", "at_least_once", "--starting-offsets", "latest"])
+        checkpointing = flink_cluster.rest(cluster, f"/jobs/{job_id}/checkpoints/config")
+        assert (checkpointing["mode"], checkpointing["interval"]) == ("at_least_once", 5000)
+        flink_cluster.stop_job(cluster, job_id, tmp_path / "savepoints")
         print(f"cluster up -> savepoint in {time.monotonic() - started:.1f} s")
     finally:
         flink_cluster.down(cluster)
