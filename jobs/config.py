@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -157,5 +158,10 @@ def from_args(args: argparse.Namespace) -> JobConfig:
     )
 
 
+# A URI scheme ("file:", "s3://", "hdfs://"): Flink prints savepoints as `file:/path`, and that
+# exact text must work as --restore-from.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
 def _uri(path: str) -> str:
-    return path if "://" in path else Path(path).resolve().as_uri()
+    return path if _SCHEME.match(path) else Path(path).resolve().as_uri()

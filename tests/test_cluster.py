@@ -98,10 +98,11 @@ def test_submit_to_standalone_cluster_metrics_and_savepoint(stack, tmp_path):
         assert (Path(savepoint.removeprefix("file:")) / "_metadata").is_file()
         assert flink_cluster.job_status(cluster, job_id) == "FINISHED"
 
-        # The at-least-once delivery's own checkpointing is a job setting over the cluster's.
+        # Restart from the savepoint as printed, at-least-once: the delivery's own checkpointing
+        # is a job setting over the cluster's.
         job_id = flink_cluster.submit(cluster, [
             "--bootstrap-servers", stack.bootstrap, "--topic-prefix", "cl-", "--group-id", "cl-job",
-            "--delivery", "at_least_once", "--starting-offsets", "latest"])
+            "--delivery", "at_least_once", "--restore-from", savepoint])
         checkpointing = flink_cluster.rest(cluster, f"/jobs/{job_id}/checkpoints/config")
         assert (checkpointing["mode"], checkpointing["interval"]) == ("at_least_once", 5000)
         flink_cluster.stop_job(cluster, job_id, tmp_path / "savepoints")

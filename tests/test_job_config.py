@@ -62,3 +62,19 @@ def test_the_bench_reports_the_interval_the_job_runs_with():
     assert checkpoint_interval_ms(args("at_least_once")) == 5000
     assert checkpoint_interval_ms(args("at_least_once", interval=1000)) == 1000
     assert checkpoint_interval_ms(args(conf=["execution.checkpointing.interval=2 min"])) == 120_000
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("file:/var/lib/penalty/savepoints/savepoint-1a2b", "file:/var/lib/penalty/savepoints/savepoint-1a2b"),
+    ("s3://bucket/savepoints/savepoint-1a2b", "s3://bucket/savepoints/savepoint-1a2b"),
+    ("/var/lib/penalty/checkpoints/job/chk-7", "file:///var/lib/penalty/checkpoints/job/chk-7"),
+])
+def test_restore_from_takes_what_the_job_printed_a_uri_or_a_path(given, expected):
+    conf = dict(parse("--restore-from", given).flink_conf)
+    assert conf["execution.state-recovery.path"] == expected
+
+
+def test_a_relative_restore_path_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    conf = dict(parse("--restore-from", "savepoints/savepoint-1").flink_conf)
+    assert conf["execution.state-recovery.path"] == (tmp_path / "savepoints" / "savepoint-1").as_uri()
