@@ -8,7 +8,6 @@ operator: each record crosses from Java to Python once."""
 from __future__ import annotations
 
 import gc
-import json
 
 from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
@@ -23,7 +22,7 @@ from connectors.alerts import (
 )
 from connectors.decisions import parse_decision
 from jobs.state_cache import CachedUser, UserStateCache
-from rules import shadow
+from rules import compact_json, shadow
 from rules.core import CoreConfig, PenaltyCore
 from rules.ledger import CODECS, DELETED, MAP_NAMES
 from rules.loader import parse_policy
@@ -36,8 +35,8 @@ from rules.records import Output, dead_letter
 OUTPUT_TYPE = Types.BASIC_ARRAY(Types.STRING())
 
 
-# One encoder for every record: json.dumps with non-default options builds a new one per call.
-encode_record = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+# One encoder for every record, built once (rules/compact_json.py).
+encode_record = compact_json.encoder(sort_keys=True)
 
 
 DECISION_KINDS = ("enforcement", "review")

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Protocol
 
+from rules import compact_json
+
 STATE_FORMAT = 3  # bump with a migration in decode() when the layout changes
 MAP_NAMES = ("seen", "incidents", "incident_slots", "expiry")
 # Expiry queues: ids and incidents kept for the dedupe horizon, and incidents awaiting review (kept
@@ -120,8 +122,8 @@ class ExpiryQueue(NamedTuple):
     head_due_ms: int | None = None
 
 
-# json.dumps with non-default options builds an encoder per call; state is encoded on every step.
-_compact = json.JSONEncoder(separators=(",", ":")).encode
+# State is encoded on every step: one encoder, built once.
+_compact = compact_json.encoder()
 
 
 def _encode_incident(i: Incident) -> str:
@@ -282,9 +284,8 @@ class UserState:
     def with_(self, **changes) -> UserState:
         """A copy with some fields changed. dataclasses.replace re-runs __init__ and costs ~3 us;
         a step makes several copies, so copy the fields directly (names still checked)."""
-        unknown = changes.keys() - _USER_STATE_FIELDS
-        if unknown:
-            raise TypeError(f"UserState has no field(s) {sorted(unknown)}")
+        if not _USER_STATE_FIELDS.issuperset(changes):
+            raise TypeError(f"UserState has no field(s) {sorted(changes.keys() - _USER_STATE_FIELDS)}")
         new = object.__new__(UserState)
         fields = new.__dict__
         fields.update(self.__dict__)

@@ -22,7 +22,7 @@ class Output(NamedTuple):
 
 
 def stable_id(prefix: str, *parts: object) -> str:
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
     return f"{prefix}_{digest[:24]}"
 
 
