@@ -153,8 +153,8 @@ def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
         detail = f"{_field_of(exc, doc)}: {_problem_of(exc)}"
         return Rejection("schema", detail, raw, size, source, user_id)
     event_time_ms = int(doc["event_time_ms"])
-    if source.timestamp_ms is not None and source.timestamp_ms >= 0:
-        if event_time_ms > source.timestamp_ms + max_future_skew_ms:
+    if (source.timestamp_ms is not None and source.timestamp_ms >= 0
+            and event_time_ms > source.timestamp_ms + max_future_skew_ms):
             return Rejection(
                 "event_time_in_future",
                 f"event_time_ms {event_time_ms} is {event_time_ms - source.timestamp_ms} ms after "

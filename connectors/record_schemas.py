@@ -4,9 +4,10 @@ for validation: by tests, and by consumers that want to check what they read."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 import fastjsonschema
 
@@ -33,7 +34,7 @@ def _local(url: str) -> dict[str, Any]:
     return load(url[len(BASE_URL):])
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(kind: str) -> Callable[[Any], Any]:
     return fastjsonschema.compile(load(SCHEMA_FILES[kind]), handlers={"https": _local})
 

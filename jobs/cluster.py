@@ -44,7 +44,7 @@ def flink_home() -> Path:
     spec = find_spec("pyflink")
     if spec is None or not spec.submodule_search_locations:
         raise ClusterError("apache-flink is not installed: run `make setup`")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _set(tree: dict, dotted: str, value) -> None:
@@ -146,7 +146,8 @@ def rest(cluster: Cluster, path: str, timeout_s: float = 2.0):
 
 
 def _run(cluster: Cluster, args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=cluster.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    return subprocess.run(args, env=cluster.env(), cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+                          timeout=timeout_s)
 
 
 def up(cluster: Cluster, taskmanagers: int = 2, slots: int = 1, timeout_s: float = 90.0,

@@ -40,8 +40,8 @@ MALFORMED = (
     b"not json at all",
     b"\xff\xfe\x00garbage",
     b'{"alert_id": "x"}',
-    b'{"alert_id":"m1","stream_id":"s","user_id":"u","detector_id":"d","violation_type":"spam",'
-    b'"confidence":1.7,"event_time_ms":1}',
+    (b'{"alert_id":"m1","stream_id":"s","user_id":"u","detector_id":"d","violation_type":"spam",'
+     b'"confidence":1.7,"event_time_ms":1}'),
     b'{"schema_version": 2, "alert_id": "m2"}',
     b"[1, 2, 3]",
 )
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     if args.bootstrap:
         print(produce(args.bootstrap, args.topic, gen.payloads(args.count), args.rate), "alerts produced")
         return 0
-    out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")
+    out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115 - closed by the with below
     with out:
         for payload in gen.payloads(args.count):
             out.write(payload.replace(b"\n", b" ") + b"\n")

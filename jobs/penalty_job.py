@@ -16,8 +16,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `flink run -py jobs/penalty_job.py`: make the packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs import config as job_config  # noqa: E402
-from rules.loader import RuleFileError, load_policy  # noqa: E402
+from jobs import config as job_config
+from rules.loader import RuleFileError, load_policy
 
 
 def load_rules(path: str) -> tuple[bytes, str]:

@@ -50,7 +50,8 @@ def cmd_simulate(args) -> int:
         print(exc, file=sys.stderr)
         return 2
     try:
-        source = sys.stdin.buffer if args.alerts == "-" else open(args.alerts, "rb")
+        # stdin or a file, closed by `with source` below
+        source = sys.stdin.buffer if args.alerts == "-" else open(args.alerts, "rb")  # noqa: SIM115
     except OSError as exc:
         print(f"{args.alerts}: cannot read the file: {exc.strerror}", file=sys.stderr)
         return 2

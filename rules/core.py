@@ -155,9 +155,9 @@ class PenaltyCore:
                 band: Band, cause: str) -> Step:
         t = alert.event_time_ms
         before = state.summary(t)
-        common = dict(user_id=alert.user_id, event_time_ms=t, policy_name=self.policy.name,
-                      policy_version=self.policy.version, incident_id=incident.incident_id,
-                      alert_ids=list(incident.alert_ids))
+        common = {"user_id": alert.user_id, "event_time_ms": t, "policy_name": self.policy.name,
+                  "policy_version": self.policy.version, "incident_id": incident.incident_id,
+                  "alert_ids": list(incident.alert_ids)}
         cause_id = f"{cause}:{alert.alert_id}"
         if band.decision == "dismiss":
             out = records.audit(kind="dismissal", cause=cause_id, outcome="dismissed", rule_id=band.id,
@@ -299,9 +299,9 @@ class PenaltyCore:
                           confidence=incident.max_confidence, event_time_ms=incident.start_ms)
             band = Band(id=upgraded.rule_id, min_confidence=0.0, decision="enforce")
             before = current.summary(incident.start_ms)
-            common = dict(user_id=alert.user_id, event_time_ms=incident.start_ms, policy_name=self.policy.name,
-                          policy_version=self.policy.version, incident_id=incident.incident_id,
-                          alert_ids=list(incident.alert_ids))
+            common = {"user_id": alert.user_id, "event_time_ms": incident.start_ms,
+                      "policy_name": self.policy.name, "policy_version": self.policy.version,
+                      "incident_id": incident.incident_id, "alert_ids": list(incident.alert_ids)}
             step = self._enforce(current, alert, upgraded, category, band, before, cause, common)
             return Step(step.state, step.outputs, ["review_confirmed"] + step.events)
         voids = (decision.kind, decision.verdict) in (("appeal", "granted"), ("review", "rejected"))

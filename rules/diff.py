@@ -82,8 +82,8 @@ def describe(actions: list[dict]) -> str:
 
 
 def report(summary: dict, limit: int) -> str:
-    lines = [f"{summary['alerts']} alerts; old {summary['old']['rule_set']} {summary['old']['version']} "
-             f"-> new {summary['new']['rule_set']} {summary['new']['version']}", "",
+    lines = [(f"{summary['alerts']} alerts; old {summary['old']['rule_set']} {summary['old']['version']} "
+              f"-> new {summary['new']['rule_set']} {summary['new']['version']}"), "",
              f"{'action':<12} {'old':>8} {'new':>8} {'change':>8}"]
     for action, n in summary["totals"].items():
         lines.append(f"{action:<12} {n['old']:>8} {n['new']:>8} {n['new'] - n['old']:>+8}")

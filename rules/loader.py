@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -424,7 +425,7 @@ def _bands(checker, node, what, ids) -> tuple[bool, list[Band]]:
             ok = False
         else:
             bands.append((band, item))
-    for (prev, _), (band, bnode) in zip(bands, bands[1:]):
+    for (prev, _), (band, bnode) in itertools.pairwise(bands):
         if band.min_confidence == prev.min_confidence:
             checker.add(bnode, f"{what}: bands '{prev.id}' and '{band.id}' overlap (both start at {band.min_confidence})",
                         "give each band its own min_confidence")

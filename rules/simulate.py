@@ -21,6 +21,8 @@ from rules.core import CoreConfig, PenaltyCore, Step
 from rules.ledger import UserState
 from rules.model import Policy
 
+DEFAULT_CONFIG = CoreConfig()  # frozen: one shared default
+
 
 def core_config(dedupe_horizon_ms: int | None = None, incident_window_ms: int | None = None) -> CoreConfig:
     default = CoreConfig()
@@ -46,7 +48,7 @@ def dumps(obj) -> str:
 class Simulator:
     """Per-user states plus one pending timer per user, like the keyed operator."""
 
-    def __init__(self, policy: Policy, config: CoreConfig = CoreConfig(), shadow_policy: Policy | None = None):
+    def __init__(self, policy: Policy, config: CoreConfig = DEFAULT_CONFIG, shadow_policy: Policy | None = None):
         self.core = PenaltyCore(policy, config)
         self.shadow = PenaltyCore(shadow_policy, config) if shadow_policy is not None else None
         self.states: dict[str, UserState] = {}
@@ -103,7 +105,7 @@ class Simulator:
         return self.advance_to(2**63 - 1)
 
 
-def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = CoreConfig(),
+def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = DEFAULT_CONFIG,
         drain: bool = True, order: str = "event_time", max_out_of_orderness_ms: int = 5_000,
         shadow_policy: Policy | None = None) -> Iterator[str]:
     """Yield one JSON line per output record; rejected input lines come first, as records of

@@ -116,7 +116,7 @@ def run(bootstrap: str, redis_url: str, topic: str = "enforcement", group_id: st
             for msg in batch:
                 try:
                     record = json.loads(msg.value())
-                    record["user_id"], record["user_version"], record["action"]  # noqa: B018 - required
+                    record["user_id"], record["user_version"], record["action"]
                 except (ValueError, KeyError, TypeError):
                     counts["invalid"] += 1
                     log.error("skipping an invalid enforcement record at %s/%s", msg.partition(), msg.offset())

@@ -96,7 +96,7 @@ class Archive:
         self.segment_entries = segment_entries
         self.prev, self.seq = GENESIS, 0
         self.offsets: dict[int, int] = {}  # partition -> last archived offset
-        count, problem = verify(directory)
+        _, problem = verify(directory)
         if problem is not None:
             raise SystemExit(f"audit archive {directory} is broken, refusing to append: {problem}")
         for segment in segments(directory):
@@ -113,7 +113,7 @@ class Archive:
         if self.fh is None or self.fh.name != str(path):
             if self.fh is not None:
                 self.fh.close()
-            self.fh = open(path, "a", encoding="utf-8")
+            self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - the open segment, closed on rollover
         return self.fh
 
     def append(self, partition: int, offset: int, record: dict) -> bool:

@@ -27,7 +27,7 @@ import smtplib
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from urllib.parse import parse_qs, urlencode, urlparse
 
@@ -82,7 +82,7 @@ def verify_appeal_link(link: str, secret: bytes, now_ms: int) -> tuple[str, str]
 
 
 def _when(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if ms else ""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC") if ms else ""
 
 
 def render(record: dict, appeal_url: str | None) -> tuple[str, str]:

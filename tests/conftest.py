@@ -21,8 +21,8 @@ HOUR_MS = 3_600_000
 
 
 def make_alert(**overrides) -> Alert:
-    fields = dict(alert_id="a-1", stream_id="s-1", user_id="u-1", detector_id="det-1",
-                  violation_type="hate_speech", confidence=0.95, event_time_ms=T0_MS)
+    fields = {"alert_id": "a-1", "stream_id": "s-1", "user_id": "u-1", "detector_id": "det-1",
+              "violation_type": "hate_speech", "confidence": 0.95, "event_time_ms": T0_MS}
     fields.update(overrides)
     return Alert(**fields)
 

@@ -20,7 +20,7 @@ class JobProcess:
 
     def __init__(self, args: list[str], log: Path):
         self.log = log
-        self.fh = open(log, "ab")
+        self.fh = open(log, "ab")  # noqa: SIM115 - the job's log while it runs
         self.proc = subprocess.Popen([sys.executable, "-m", "jobs.penalty_job", *args], cwd=REPO,
                                      stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True)
 

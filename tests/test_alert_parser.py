@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.alerts import MAX_PAYLOAD_BYTES, MAX_RAW_BYTES, REASONS, Alert, Rejection, Source, parse_alert
+from connectors.alerts import (
+    MAX_PAYLOAD_BYTES,
+    MAX_RAW_BYTES,
+    REASONS,
+    Alert,
+    Rejection,
+    Source,
+    parse_alert,
+)
 
 from .conftest import T0_MS, alert_bytes, alert_doc
 

@@ -93,9 +93,9 @@ def test_redis_outage_then_catch_up_without_loss(stack, policy, tmp_path):
     records = enforcement_records(policy, user_alerts())
     stop = threading.Event()
     batches = []
-    worker = threading.Thread(target=run, kwargs=dict(bootstrap=stack.bootstrap, redis_url=url,
-                                                       topic=topics.enforcement, group_id="outage",
-                                                       stop=stop.is_set, on_batch=batches.append))
+    worker = threading.Thread(target=run, kwargs={"bootstrap": stack.bootstrap, "redis_url": url,
+                                                   "topic": topics.enforcement, "group_id": "outage",
+                                                   "stop": stop.is_set, "on_batch": batches.append})
     worker.start()
     try:
         produce(stack.bootstrap, topics.enforcement, [json.dumps(r).encode() for r in records[:3]], key_field="user_id")

@@ -87,7 +87,7 @@ def test_submit_to_standalone_cluster_metrics_and_savepoint(stack, tmp_path):
         deadline = time.monotonic() + 30
         while True:
             exposed = scrape(base)
-            missing = {m for m in alert_rule_metrics() if not re.search(rf"^{m}[{{ ]", exposed, flags=re.M)}
+            missing = {m for m in alert_rule_metrics() if not re.search(rf"^{m}[{{ ]", exposed, flags=re.MULTILINE)}
             if not missing or time.monotonic() > deadline:
                 break
             time.sleep(2)

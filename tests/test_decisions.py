@@ -50,7 +50,7 @@ def test_granted_appeal_voids_the_strike_and_lifts_the_suspension_it_caused(core
     assert {n["channel"] for n in notes} == {"in_app", "email"} and notes[0]["topic"] == "appeal_outcome"
     # The voided strike no longer counts: the next violation is a second strike, not a third.
     nxt = core.on_alert(step.state, make_alert(alert_id="a-9", stream_id="s-9", event_time_ms=T0_MS + 3 * HOUR_MS))
-    assert [o.record["rule_id"] for o in nxt.outputs if o.kind == "enforcement"][0] == "standard-2-suspend-24h"
+    assert next(o.record["rule_id"] for o in nxt.outputs if o.kind == "enforcement") == "standard-2-suspend-24h"
 
 
 def test_granted_appeal_of_an_older_incident_keeps_the_current_suspension(core):

@@ -13,7 +13,14 @@ import redis
 from jobs.config import Topics
 from jobs.localstack import create_topics, free_port
 from rules.simulate import run as simulate
-from sinks.notifier import AppealTokenError, Notifier, SmtpConfig, appeal_link, run, verify_appeal_link
+from sinks.notifier import (
+    AppealTokenError,
+    Notifier,
+    SmtpConfig,
+    appeal_link,
+    run,
+    verify_appeal_link,
+)
 
 from .conftest import DAY_MS, T0_MS, alert_bytes
 from .stack_helpers import produce
@@ -43,7 +50,7 @@ def smtp_server():
         def __init__(self):
             self.messages = []
 
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        async def handle_DATA(self, server, session, envelope):
             message = email.message_from_bytes(envelope.content, policy=email.policy.default)
             self.messages.append(message["Subject"] + "\n" + message.get_content())
             return "250 OK"

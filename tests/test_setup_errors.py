@@ -21,7 +21,7 @@ def test_broken_jar_checksum_is_one_clear_line(tmp_path):
     (cache / "jars" / "flink-connector-kafka.jar").write_bytes(b"not the real jar")
     (cache / "jars" / "kafka-clients.jar").write_bytes(b"not the real jar either")
     result = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "PENALTY_CACHE": str(cache)}, timeout=120)
+                            env={**os.environ, "PENALTY_CACHE": str(cache)}, check=False, timeout=120)
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("setup: checksum mismatch for ") and "flink-connector-kafka.jar" in line
@@ -36,7 +36,8 @@ def test_missing_java_is_one_clear_line(tmp_path):
         if found:
             (bin_dir / tool).symlink_to(found)
     result = subprocess.run([shutil.which("bash"), "scripts/setup.sh"], cwd=REPO, capture_output=True, text=True,
-                            env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/root")}, timeout=60)
+                            env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/root")}, check=False,
+                            timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "setup: Java 11+ is required by Flink and was not found. Install it: apt-get install -y openjdk-17-jdk-headless"]
@@ -51,7 +52,8 @@ def test_port_already_taken_is_one_clear_line(tmp_path):
             localstack.start_broker(port, tmp_path / "kafka")
         result = subprocess.run([sys.executable, "-m", "jobs.localstack", "up", "--kafka-port", str(port),
                                  "--data-dir", str(tmp_path / "stack")], cwd=REPO, capture_output=True,
-                                text=True, timeout=60, env={**os.environ, "PENALTY_RUN_DIR": str(tmp_path / "run")})
+                                text=True, check=False, timeout=60,
+                                env={**os.environ, "PENALTY_RUN_DIR": str(tmp_path / "run")})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"localstack: port {port} is already taken: stop what uses it (`make stop`) or pick another port"]

@@ -158,7 +158,7 @@ def test_savepoint_restart_with_changed_rules_keeps_strikes_and_dedupe(stack, tm
     before = tree_digest(sp)
     broken = subprocess.run([sys.executable, "-m", "jobs.penalty_job", *job_args(stack, prefix, ck),
                              "--restore-from", str(savepoint_dir), "--rules", "tests/data/bad_policy.yaml"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+                            cwd=REPO, capture_output=True, text=True, check=False, timeout=120)
     assert broken.returncode == 2
     assert broken.stderr.startswith("13 problems in tests/data/bad_policy.yaml:")
     assert "tests/data/bad_policy.yaml:12: category 'standard' ladder rung 1: unknown action 'warn'" in broken.stderr

@@ -77,7 +77,7 @@ def test_mixed_stream_gives_exactly_the_expected_dlq_records_and_incidents(stack
                               ("empty", 12), ("too_late", None)])
     [late] = [d["record"] for d in dlq if d["record"]["reason"] == "too_late"]
     assert json.loads(late["raw"])["alert_id"] == "late-1" and late["user_id"] == "u-8"
-    big = [d["record"] for d in dlq if d["record"]["reason"] == "too_large"][0]
+    big = next(d["record"] for d in dlq if d["record"]["reason"] == "too_large")
     assert big["size_bytes"] > 70_000 and big["raw_truncated"] and len(big["raw"]) <= 4096
 
     # Decisions: exactly what the pure core says for the valid alerts (retries dropped).
