@@ -21,10 +21,16 @@ from connectors.alerts import (
     parse_alert,
 )
 from connectors.decisions import parse_decision
-from jobs.state_cache import CachedUser, UserStateCache
+from jobs.user_store import (
+    ENTRIES_STATE,
+    LEGACY_LEDGER_STATE,
+    LEGACY_MAP_STATES,
+    CachedUser,
+    LegacyStates,
+    UserStore,
+)
 from rules import compact_json, shadow
 from rules.core import CoreConfig, PenaltyCore
-from rules.ledger import CODECS, DELETED, MAP_NAMES
 from rules.loader import parse_policy
 from rules.records import Output, dead_letter
 
@@ -91,14 +97,18 @@ class PenaltyFunction(KeyedProcessFunction):
         self.shadow = None
         if self.shadow_bytes is not None:
             self.shadow = PenaltyCore(parse_policy(self.shadow_bytes, self.shadow_file), self.core_config)
-        # The ledger (one small value) and the user's maps of seen ids, incidents and expiry
-        # queues, read and written an entry at a time: a step's cost does not grow with history.
-        self.state = runtime_context.get_state(ValueStateDescriptor("user-state", Types.STRING()))
-        self.maps = {name: runtime_context.get_map_state(MapStateDescriptor(f"user-{name}", Types.STRING(),
-                                                                           Types.STRING()))
-                     for name in MAP_NAMES}
-        self.cache = UserStateCache(self.state_cache_users, self.maps,
-                                    {name: CODECS[name][1] for name in MAP_NAMES}, self.core_config.incident_window_ms)
+        # The user's ledger and maps of seen ids, incidents and expiry queues in one MapState, read an
+        # entry at a time and written with one put_all per step (jobs/user_store.py): a step's cost
+        # does not grow with history. The older layout's states are registered so that a restore
+        # from an older savepoint moves each user over on first touch.
+        string_map = MapStateDescriptor(ENTRIES_STATE, Types.STRING(), Types.STRING())
+        legacy = LegacyStates(
+            runtime_context.get_state(ValueStateDescriptor(LEGACY_LEDGER_STATE, Types.STRING())),
+            {name: runtime_context.get_map_state(MapStateDescriptor(state_name, Types.STRING(), Types.STRING()))
+             for name, state_name in LEGACY_MAP_STATES.items()},
+        )
+        self.users = UserStore(runtime_context.get_map_state(string_map), self.state_cache_users,
+                               self.core_config.incident_window_ms, legacy)
         tune_gc()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
@@ -129,7 +139,7 @@ class PenaltyFunction(KeyedProcessFunction):
                 topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
             ))
             return
-        cached = self.cache.load(result.user_id, self.state.value)
+        cached = self.users.load(result.user_id)
         previous = cached.state
         if is_decision:
             self._apply(cached, self.core.on_decision(previous, result), ctx, out)
@@ -151,7 +161,7 @@ class PenaltyFunction(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         user_id = ctx.get_current_key()
-        cached = self.cache.load(user_id, self.state.value)
+        cached = self.users.load(user_id)
         out: list[str] = []
         self._apply(cached, self.core.on_timer(cached.state, user_id, timestamp), ctx, out)
         if out:
@@ -161,23 +171,9 @@ class PenaltyFunction(KeyedProcessFunction):
         previous = cached.state
         if step.state is not previous:
             if step.state is None:
-                self.state.clear()
-                for map_state in self.maps.values():
-                    map_state.clear()
-                self.cache.cleared(cached)
+                self.users.clear(cached)
             else:
-                maps = cached.maps
-
-                def write(name: str, key: str, value) -> None:
-                    if value is DELETED:
-                        self.maps[name].remove(key)
-                    else:
-                        self.maps[name].put(key, CODECS[name][0](value))
-                    maps[name].written(key, value)
-
-                step.state.flush(write)
-                self.state.update(step.state.encode())
-                self.cache.stored(cached, step.state)
+                self.users.store(cached, step.state)
         # One timer per user, at the next expiry: move it when the core's answer changes.
         old_wake = previous.next_wake_ms() if previous is not None else None
         new_wake = step.state.next_wake_ms() if step.state is not None else None

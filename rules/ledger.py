@@ -3,9 +3,9 @@
 The state of one user is split so that deciding one alert costs the same whatever the user's
 history (a repeat offender can have tens of thousands of alert ids inside the dedupe horizon):
 
-- the ledger (`UserState` minus its maps): standing, strikes, counters; small, one keyed value,
+- the ledger (`UserState` minus its maps): standing, strikes, counters; small, one value,
   `encode()`/`decode()` to compact JSON;
-- four keyed maps, read and written one entry at a time (`Layered`): `seen` alert and decision
+- four maps, read and written one entry at a time (`Layered`): `seen` alert and decision
   ids, `incidents` by slot, `incident_slots` (incident id -> slot) and `expiry`, two FIFO queues
   that say which entry to forget when.
 
@@ -24,7 +24,9 @@ from typing import Any, NamedTuple, Protocol
 
 from rules import compact_json
 
-STATE_FORMAT = 3  # bump with a migration in decode() when the layout changes
+# Bump with a migration when the layout changes. 4: the ledger fields of 3, stored with the maps'
+# entries in one keyed map (jobs/user_store.py moves format-3 users over; 3 kept them apart).
+STATE_FORMAT = 4
 MAP_NAMES = ("seen", "incidents", "incident_slots", "expiry")
 # Expiry queues: ids and incidents kept for the dedupe horizon, and incidents awaiting review (kept
 # for the review retention, much longer: in one FIFO they would hold back everything behind them).
@@ -319,7 +321,7 @@ class UserState:
         fields = json.loads(text)
         fmt = fields[0]
         maps = {name: Layered((bases or {}).get(name)) for name in MAP_NAMES}
-        if fmt == STATE_FORMAT:
+        if fmt in (3, STATE_FORMAT):
             _, version, banned, until, strikes, sanction, seq, queues = fields
             return UserState(
                 user_version=version, banned=banned, suspended_until_ms=until,

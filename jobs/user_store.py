@@ -1,0 +1,183 @@
+"""Where the keyed operator keeps each user's state, with a read cache in front (no pyflink import).
+
+Layout (state format 4): one Flink MapState of strings per user, "user-entries", holds the
+ledger under `LEDGER_KEY` and every entry of the core's four maps (rules/ledger.py) under a
+one-letter prefix per map. A step's changes are written with one `put_all` (one call into the
+JVM, one RocksDB write batch) plus one `remove` per forgotten entry, instead of one call per
+entry and map; and a checkpoint's synchronous snapshot flushes one column family of user state
+instead of five.
+
+Jobs before this layout (format 3) kept the ledger in a ValueState "user-state" and the maps in
+four MapStates "user-<map>". A user still stored that way is moved into "user-entries" the first
+time the operator touches them (an alert, a decision or their timer), and the old states are
+cleared: a restore from an older savepoint needs nothing else.
+
+The read cache: each read of Flink keyed state from Python is a call into the JVM and, with
+RocksDB, a lookup. Recently active users (repeat offenders, retries, several detectors on one
+violation) keep their decoded ledger and the entries read or written so far in memory; every
+change is still written to Flink state in the same step, so checkpoints hold exactly what they
+would without the cache. That is only correct because this operator instance is the only writer
+of its keys' state: a restore or rescale builds new operator instances, with empty caches. A user
+first seen without stored state has maps that are *complete* in the cache (every entry written
+since is in `known`), so a miss there is an answer, not a lookup.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Protocol
+
+from rules.ledger import CODECS, DELETED, MAP_NAMES, Layered, UserState
+
+ENTRIES_STATE = "user-entries"
+LEDGER_KEY = "L"
+# One letter per map; the ledger's key is a letter no map uses, so keys never collide.
+ENTRY_PREFIX = {"seen": "s", "incidents": "i", "incident_slots": "j", "expiry": "e"}
+LEGACY_LEDGER_STATE = "user-state"
+LEGACY_MAP_STATES = {name: f"user-{name}" for name in MAP_NAMES}
+
+
+class EntriesState(Protocol):
+    """Flink MapState[str, str] of the current key, as the operator sees it."""
+
+    def get(self, key: str) -> str | None: ...
+    def put_all(self, entries: dict[str, str]) -> None: ...
+    def remove(self, key: str) -> None: ...
+    def clear(self) -> None: ...
+
+
+class LegacyMap(Protocol):
+    def items(self) -> Iterable[tuple[str, str]]: ...
+    def clear(self) -> None: ...
+
+
+class LegacyLedger(Protocol):
+    def value(self) -> str | None: ...
+    def clear(self) -> None: ...
+
+
+class LegacyStates(NamedTuple):
+    """The format-3 states of the current key: the ledger value and the four maps by name."""
+
+    ledger: LegacyLedger
+    maps: dict[str, LegacyMap]
+
+
+class PrefixedView:
+    """One of the core's maps inside the entries state (read side)."""
+
+    __slots__ = ("prefix", "state")
+
+    def __init__(self, state: EntriesState, prefix: str):
+        self.state, self.prefix = state, prefix
+
+    def get(self, key: str) -> str | None:
+        return self.state.get(self.prefix + key)
+
+
+class CachedMap:
+    """One map of one user: entries known in memory, the rest read from state on demand (decoded
+    with the map's codec) unless the map is complete."""
+
+    __slots__ = ("complete", "decode", "known", "state")
+
+    def __init__(self, state: PrefixedView, decode: Callable[[str], Any], complete: bool):
+        self.state, self.decode, self.complete = state, decode, complete
+        self.known: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        try:
+            return self.known[key]
+        except KeyError:
+            pass
+        if self.complete:
+            return None
+        text = self.state.get(key)
+        value = None if text is None else self.decode(text)
+        self.known[key] = value
+        return value
+
+    def written(self, key: str, value: Any) -> None:
+        self.known[key] = None if value is DELETED else value
+
+
+class CachedUser:
+    __slots__ = ("maps", "state")
+
+    def __init__(self, state: UserState | None, maps: dict[str, CachedMap]):
+        self.state, self.maps = state, maps
+
+
+class UserStore:
+    """The users of one operator subtask. `load`, `store` and `clear` act on the user whose keyed
+    state `entries` (and `legacy`) currently point at: the operator calls them for the current key
+    only. The cache keeps at most `max_users` users, least recently used out first (0: nothing is
+    kept, every load reads state)."""
+
+    def __init__(self, entries: EntriesState, max_users: int, incident_window_ms: int,
+                 legacy: LegacyStates | None = None):
+        self.entries, self.max_users, self.incident_window_ms = entries, max_users, incident_window_ms
+        self.legacy = legacy
+        self.views = {name: PrefixedView(entries, ENTRY_PREFIX[name]) for name in MAP_NAMES}
+        self.users: OrderedDict[str, CachedUser] = OrderedDict()
+        self.hits = self.misses = self.migrated = 0
+
+    def load(self, user_id: str) -> CachedUser:
+        cached = self.users.get(user_id)
+        if cached is not None:
+            self.users.move_to_end(user_id)
+            self.hits += 1
+            return cached
+        self.misses += 1
+        text = self.entries.get(LEDGER_KEY)
+        if text is None and self.legacy is not None:
+            text = self._move_legacy()
+        maps = {name: CachedMap(self.views[name], CODECS[name][1], complete=not text) for name in MAP_NAMES}
+        cached = CachedUser(UserState.decode(text, maps, self.incident_window_ms), maps)
+        if self.max_users > 0:
+            self.users[user_id] = cached
+            if len(self.users) > self.max_users:
+                self.users.popitem(last=False)
+        return cached
+
+    def store(self, cached: CachedUser, state: UserState) -> None:
+        """Write the step's changes and the ledger, then keep `state` as a clean view over the
+        cached maps. (A step that started from no state built its maps over empty dicts, which
+        never see the writes.)"""
+        maps, puts, remove = cached.maps, {}, self.entries.remove
+
+        def write(name: str, key: str, value: Any) -> None:
+            if value is DELETED:
+                remove(ENTRY_PREFIX[name] + key)
+            else:
+                puts[ENTRY_PREFIX[name] + key] = CODECS[name][0](value)
+            maps[name].written(key, value)
+
+        state.flush(write)
+        puts[LEDGER_KEY] = state.encode()
+        self.entries.put_all(puts)
+        cached.state = state.with_(**{name: Layered(maps[name]) for name in MAP_NAMES})
+
+    def clear(self, cached: CachedUser) -> None:
+        """The user has nothing left: delete their state; the cache knows there is none."""
+        self.entries.clear()
+        cached.state = None
+        for name in MAP_NAMES:
+            cached.maps[name] = CachedMap(self.views[name], CODECS[name][1], complete=True)
+
+    def _move_legacy(self) -> str | None:
+        """A format-3 user: copy the ledger and every map entry, as stored, into the entries state
+        and clear the old states. Returns the ledger text (None: no such user)."""
+        text = self.legacy.ledger.value()
+        if not text:
+            return None
+        moved = {LEDGER_KEY: text}
+        for name, old in self.legacy.maps.items():
+            prefix = ENTRY_PREFIX[name]
+            moved.update((prefix + key, value) for key, value in old.items())
+            old.clear()
+        self.legacy.ledger.clear()
+        self.entries.put_all(moved)
+        self.migrated += 1
+        return text

@@ -1,0 +1,88 @@
+"""Upgrade across a state-layout change on the real stack: a job that stores user state the way
+jobs before state format 4 did (tests/legacy_layout_job.py) stops with a savepoint; the current
+job restores from it and carries on exactly as if one job had seen everything: retries of alerts
+decided before the upgrade are deduplicated, strikes escalate, incidents merge."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from jobs.config import Topics
+from jobs.generator import AlertGenerator, Mix, produce
+from jobs.localstack import create_topics
+
+from .conftest import HOUR_MS, REPO
+from .stack_helpers import JobProcess, caught_up, read_committed
+from .test_stack_exactly_once import ID_FIELDS, job_args, oracle, wait_for
+
+pytestmark = pytest.mark.stack
+
+
+class LegacyJobProcess(JobProcess):
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self.fh = open(log, "ab")  # noqa: SIM115 - the job's log while it runs
+        self.proc = subprocess.Popen([sys.executable, "tests/legacy_layout_job.py", *args], cwd=REPO,
+                                     stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def alive_and_caught_up(job: JobProcess, bootstrap: str, group_id: str, topic: str) -> bool:
+    if job.proc.poll() is not None:  # fail now rather than at the timeout
+        raise AssertionError(f"the job exited with {job.proc.returncode}:\n{job.tail()}")
+    return caught_up(bootstrap, group_id, topic)
+
+
+def test_savepoint_of_the_older_state_layout_restores_into_the_current_job(stack, tmp_path):
+    prefix = "mig-"
+    topics = Topics().prefixed(prefix)
+    create_topics(stack.bootstrap, topics.partitions())
+    # One stream per user: all of a user's alerts share a partition, so the job sees them in the
+    # order the oracle does.
+    gen = AlertGenerator(seed=5, users=60, start_ms=int(time.time() * 1000) - 4 * HOUR_MS, step_ms=2000,
+                         streams_per_user=1, mix=Mix(malformed=0.0, oversized=0.0))
+    lines = list(gen.payloads(3000))
+    before, after = lines[:1500], lines[1500:]
+    after = [*before[:100], *after]  # retries of alerts decided before the upgrade
+    expected = oracle(before + after)
+    want = {kind: Counter(r["record"][field] for r in expected if r["kind"] == kind)
+            for kind, field in ID_FIELDS.items()}
+    assert sum(r["kind"] == "enforcement" for r in oracle(before)) < sum(want["enforcement"].values())
+
+    ck, sp = tmp_path / "checkpoints", tmp_path / "savepoints"
+    produce(stack.bootstrap, topics.alerts, before)
+    old = LegacyJobProcess(job_args(stack, prefix, ck, "--starting-offsets", "earliest", "--savepoint-on-stop",
+                                    str(sp)), tmp_path / "legacy.log")
+    try:
+        wait_for(lambda: alive_and_caught_up(old, stack.bootstrap, prefix + "job", topics.alerts), 180,
+                 "the legacy job", old)
+        old.proc.send_signal(signal.SIGTERM)
+        assert old.wait(120) == 0, old.tail()
+    finally:
+        old.kill()
+    assert "operator storing the format-3 layout" in old.log.read_text()
+    [savepoint] = re.findall(r"savepoint: (\S+)", old.log.read_text())
+
+    produce(stack.bootstrap, topics.alerts, after)
+    new = JobProcess(job_args(stack, prefix, ck, "--restore-from", savepoint), tmp_path / "current.log")
+    try:
+        wait_for(lambda: alive_and_caught_up(new, stack.bootstrap, prefix + "job", topics.alerts), 180,
+                 "the current job", new)
+        time.sleep(2)  # the checkpoint that committed the offsets also committed the outputs
+        got = {kind: read_committed(stack.bootstrap, getattr(topics, "notifications" if kind == "notification"
+                                                             else kind), sum(want[kind].values()),
+                                    timeout_s=60, settle_s=2)
+               for kind in ID_FIELDS}
+    finally:
+        new.kill(signal.SIGTERM)
+    for kind, field in ID_FIELDS.items():
+        have = Counter(r["record"][field] for r in got[kind])
+        assert have == want[kind], (f"{kind}: {sum(have.values())} records, expected {sum(want[kind].values())}; "
+                                    f"missing {len(want[kind] - have)}, extra {len(have - want[kind])}")
