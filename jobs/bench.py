@@ -88,14 +88,14 @@ class JobUnderTest:
             pass
         return None
 
-    def usage(self) -> Usage:
+    def usage(self, jit: bool = False) -> Usage:
         """Memory and CPU time of the job's processes (with a cluster: JobManager and TaskManagers)."""
         if self.process is not None:
-            return tree_usage(self.process.pid)
+            return tree_usage(self.process.pid, jit)
         from jobs import cluster as flink_cluster
 
-        usages = [tree_usage(pid) for pid in flink_cluster._alive_pids(self.cluster.root / "pids")]
-        return Usage(sum(u.rss_bytes for u in usages), sum(u.cpu_s for u in usages))
+        usages = [tree_usage(pid, jit) for pid in flink_cluster._alive_pids(self.cluster.root / "pids")]
+        return Usage(sum(u.rss_bytes for u in usages), sum(u.cpu_s for u in usages), sum(u.jit_cpu_s for u in usages))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -207,10 +207,36 @@ def measure_latency(args) -> dict:
 class Usage(NamedTuple):
     rss_bytes: int
     cpu_s: float  # user + system time so far
+    jit_cpu_s: float = 0.0  # of which the JVMs' JIT compiler threads
 
 
-def tree_usage(root_pid: int) -> Usage:
-    """Resident memory and CPU time of a process and all its live descendants (from /proc)."""
+def _stat_fields(path: str) -> list[str]:
+    with open(path) as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def _jit_cpu_s(pid: int, tick_s: float) -> float:
+    """CPU time of a JVM's C1/C2 compiler threads (0 for other processes)."""
+    total = 0.0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                if "CompilerThre" not in fh.read():
+                    continue
+            fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+            total += (int(fields[11]) + int(fields[12])) * tick_s
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def tree_usage(root_pid: int, jit: bool = False) -> Usage:
+    """Resident memory and CPU time of a process and all its live descendants (from /proc); with
+    `jit`, also how much of that CPU the JVMs spent compiling (a warm-up cost a short run pays)."""
     children: dict[int, list[int]] = {}
     usage: dict[int, Usage] = {}
     tick_s = 1 / os.sysconf("SC_CLK_TCK")
@@ -218,20 +244,21 @@ def tree_usage(root_pid: int) -> Usage:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
+            fields = _stat_fields(f"/proc/{entry}/stat")
             ppid, utime, stime, pages = int(fields[1]), int(fields[11]), int(fields[12]), int(fields[21])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
         usage[int(entry)] = Usage(pages * os.sysconf("SC_PAGE_SIZE"), (utime + stime) * tick_s)
-    rss, cpu, todo = 0, 0.0, [root_pid]
+    rss, cpu, jit_cpu, todo = 0, 0.0, 0.0, [root_pid]
     while todo:
         pid = todo.pop()
         rss += usage.get(pid, Usage(0, 0.0)).rss_bytes
         cpu += usage.get(pid, Usage(0, 0.0)).cpu_s
+        if jit and pid in usage:
+            jit_cpu += _jit_cpu_s(pid, tick_s)
         todo.extend(children.get(pid, []))
-    return Usage(rss, cpu)
+    return Usage(rss, cpu, jit_cpu)
 
 
 def _rest(port: int, path: str):
@@ -327,7 +354,11 @@ def measure_throughput(args) -> dict:
         job_args += _passthrough(args)
         job.start(job_args)
         peak_rss, started, job_id = 0, None, None
-        cpu_start = broker_cpu_start = 0.0
+        cpu_start = jit_start = broker_cpu_start = 0.0
+        # The second half: from the first check that finds half the input committed to the end.
+        # It leaves out the start (JIT compilation, first checkpoints), which a long-running job
+        # pays once: `steady_alerts_per_s` is the sustained rate.
+        half: tuple[float, int, Usage] | None = None
         deadline = time.monotonic() + args.timeout_s
         committed = end = 0
         trimmer = Trimmer(stack.bootstrap, topics.alerts, group, [getattr(topics, name) for name in OUTPUTS])
@@ -339,14 +370,21 @@ def measure_throughput(args) -> dict:
             if job_id is None:
                 job_id = job.running_job()
                 started = time.monotonic() if job_id else None
-                cpu_start, broker_cpu_start = usage.cpu_s, tree_usage(stack.kafka.pid).cpu_s
+                usage = job.usage(jit=True)
+                cpu_start, jit_start, broker_cpu_start = usage.cpu_s, usage.jit_cpu_s, tree_usage(stack.kafka.pid).cpu_s
                 continue
             committed, end = committed_and_end(stack.bootstrap, topics.alerts, group)
+            if half is None and end and committed >= end / 2:
+                half = (time.monotonic(), committed, job.usage(jit=True))
             if end and committed >= end:
                 break
         finished = time.monotonic()
-        job_cpu_s = job.usage().cpu_s - cpu_start
+        final = job.usage(jit=True)
+        job_cpu_s, jit_cpu_s = final.cpu_s - cpu_start, final.jit_cpu_s - jit_start
         broker_cpu_s = tree_usage(stack.kafka.pid).cpu_s - broker_cpu_start
+        steady_alerts = steady_s = steady_cpu_s = None
+        if half is not None and committed > half[1]:
+            steady_alerts, steady_s, steady_cpu_s = committed - half[1], finished - half[0], final.cpu_s - half[2].cpu_s
         trimmer.done.set()
         done = end > 0 and committed >= end
         elapsed = finished - started if started else float("nan")
@@ -373,7 +411,9 @@ def measure_throughput(args) -> dict:
             "output_end_offsets": outputs, "peak_rss_mb": round(peak_rss / 2**20),
             # CPU while the job ran: steadier than wall-clock throughput on a shared 2-core box.
             "job_cpu_s": round(job_cpu_s, 1), "job_cpu_ms_per_alert": round(1000 * job_cpu_s / produced, 3),
-            "broker_cpu_s": round(broker_cpu_s, 1),
+            "jit_cpu_s": round(jit_cpu_s, 1), "broker_cpu_s": round(broker_cpu_s, 1),
+            "steady_alerts_per_s": round(steady_alerts / steady_s) if steady_alerts else None,
+            "steady_job_cpu_ms_per_alert": round(1000 * steady_cpu_s / steady_alerts, 3) if steady_alerts else None,
             "checkpoints": stats.get("counts", {}).get("completed", 0),
             "checkpoint_p50_ms": _ms(durations.get("p50")), "checkpoint_max_ms": _ms(durations.get("max")),
             "checkpoint_full_size_bytes": full_size,
@@ -399,7 +439,10 @@ def throughput_table(r: dict) -> str:
     return (f"throughput: {r['alerts']} alerts ({r['users']} users, zipf {r['zipf_s']}) in {r['job_s']} s "
             f"= {r['alerts_per_s']} alerts/s exactly-once, parallelism {r['parallelism']} on {r['cpus']} cpus\n"
             f"  output end offsets {r['output_end_offsets']}\n"
-            f"  job CPU {r['job_cpu_s']} s = {r['job_cpu_ms_per_alert']} ms/alert, broker CPU {r['broker_cpu_s']} s\n  peak RSS {r['peak_rss_mb']} MB; {r['checkpoints']} checkpoints, "
+            f"  second half (sustained): {r['steady_alerts_per_s']} alerts/s, "
+            f"{r['steady_job_cpu_ms_per_alert']} ms of job CPU per alert\n"
+            f"  job CPU {r['job_cpu_s']} s = {r['job_cpu_ms_per_alert']} ms/alert (JIT compilers {r['jit_cpu_s']} s), "
+            f"broker CPU {r['broker_cpu_s']} s\n  peak RSS {r['peak_rss_mb']} MB; {r['checkpoints']} checkpoints, "
             f"p50 {r['checkpoint_p50_ms']} ms, max {r['checkpoint_max_ms']} ms, last full size "
             f"{r['checkpoint_full_size_bytes']} B = {r['state_bytes_per_user']} B/user")
 

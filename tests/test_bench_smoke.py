@@ -24,4 +24,4 @@ def test_throughput_benchmark_smoke():
     assert result["output_end_offsets"]["enforcement"] > 0 and result["output_end_offsets"]["audit"] > 0
     assert result["output_end_offsets"]["dlq"] > 0  # the mix has malformed records
     assert result["peak_rss_mb"] > 0 and result["checkpoints"] >= 1
-    assert "alerts/s exactly-once" in done.stderr
+    assert result["jit_cpu_s"] > 0 and "alerts/s exactly-once" in done.stderr
