@@ -18,7 +18,11 @@ from connectors.alerts import (
     parse_alert,
 )
 
-from .conftest import T0_MS, alert_bytes, alert_doc
+from rules import compact_json
+from rules.core import CoreConfig, PenaltyCore
+from rules.loader import load_policy
+
+from .conftest import DEFAULT_RULES, T0_MS, alert_bytes, alert_doc
 
 
 def test_valid_alert_with_optional_and_unknown_fields():
@@ -42,6 +46,12 @@ def test_schema_version_defaults_to_1_and_1_is_accepted():
     (b"\xff\xfe{}", "not_utf8", "byte 0"),
     (b"{not json", "not_json", ""),
     (b'{"confidence": NaN}', "not_json", ""),
+    # A lone surrogate escape is JSON grammar but not Unicode text: an id made of it could not be
+    # hashed (UTF-8), so deciding it would raise inside the job.
+    (alert_bytes().replace(b'"u-1"', b'"u-\\ud800"'), "not_json", "surrogate"),
+    (alert_bytes().replace(b'"a-1"', b'"a-\\udfff-x"'), "not_json", "surrogate"),
+    (json.dumps({**alert_doc(), "evidence": {"x": 1}}).encode().replace(b'"x": 1', b'"x": 1e400'), "not_json",
+     "infinity"),
     (json.dumps({**alert_doc(), "schema_version": 2}).encode(), "unsupported_schema_version", "2"),
     (json.dumps({k: v for k, v in alert_doc().items() if k != "user_id"}).encode(), "schema", "user_id"),
     (alert_bytes(confidence=1.5), "schema", "confidence"),
@@ -126,3 +136,21 @@ def test_arbitrary_documents_are_an_alert_or_a_rejection(doc):
         assert 0 <= result.confidence <= 1 and isinstance(result.event_time_ms, int)
     else:
         assert result.reason in REASONS
+
+
+# Hypothesis's text never holds lone surrogates: mix them in.
+any_text = st.lists(st.characters() | st.integers(0xD800, 0xDFFF).map(chr), max_size=6).map("".join)
+CORE = PenaltyCore(load_policy(DEFAULT_RULES), CoreConfig())
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_text, any_text, any_text, any_text, st.dictionaries(any_text, any_text | st.floats(), max_size=2))
+def test_every_accepted_alert_can_be_decided(alert_id, user_id, stream_id, detector_id, evidence):
+    # json.dumps writes lone surrogates as \\udxxx escapes and non-finite floats as NaN/Infinity.
+    doc = alert_doc(alert_id=alert_id, user_id=user_id, stream_id=stream_id, detector_id=detector_id,
+                    evidence=evidence)
+    result = parse_alert(json.dumps(doc).encode())
+    if isinstance(result, Alert):
+        step = CORE.on_alert(None, result, None)
+        for output in step.outputs:
+            compact_json.encoder(True)(output.record)

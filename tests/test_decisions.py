@@ -117,7 +117,8 @@ def test_parse_decision_validates_against_the_schema():
     assert parse_decision(json.dumps(good).encode()) == Decision("d-1", "appeal", "granted", "u-1",
                                                                  "inc_" + "a" * 24, "m-1", T0_MS)
     for bad in (b"{", b"", json.dumps({**good, "verdict": "confirmed"}).encode(),
-                json.dumps({k: v for k, v in good.items() if k != "moderator_id"}).encode()):
+                json.dumps({k: v for k, v in good.items() if k != "moderator_id"}).encode(),
+                json.dumps({**good, "decision_id": "d-\ud800"}).encode(), b"\xff\xfe{}"):
         result = parse_decision(bad)
         assert isinstance(result, Rejection) and result.reason == "invalid_decision"
 

@@ -11,7 +11,7 @@ import org.apache.flink.types.Row;
  * job can key alerts and moderator decisions by user without a Python operator in front of
  * the keyed one: the shape PyFlink's keyed operators read (key, value).
  *
- * <p>The key is the last top-level string "user_id" of the payload (as Python's json module
+ * <p>The key is the last top-level string "user_id" of the payload (as the Python parser
  * reads duplicates), or "" when there is none: such records are rejected by the Python parser
  * anyway, and "" is never a valid user id. The Python side checks that a valid record's user
  * id equals its key.
