@@ -17,7 +17,6 @@ from connectors.alerts import (
     Source,
     parse_alert,
 )
-
 from rules import compact_json
 from rules.core import CoreConfig, PenaltyCore
 from rules.loader import load_policy
