@@ -25,3 +25,4 @@ def test_throughput_benchmark_smoke():
     assert result["output_end_offsets"]["dlq"] > 0  # the mix has malformed records
     assert result["peak_rss_mb"] > 0 and result["checkpoints"] >= 1
     assert result["jit_cpu_s"] > 0 and "alerts/s exactly-once" in done.stderr
+    assert 0 < result["task_cpu_ms_per_alert"] * 3000 < result["job_cpu_s"] * 1000  # the threads were found
