@@ -146,15 +146,16 @@ class UserStore:
         cached maps. (A step that started from no state built its maps over empty dicts, which
         never see the writes.)"""
         maps, puts, remove = cached.maps, {}, self.entries.remove
-
-        def write(name: str, key: str, value: Any) -> None:
-            if value is DELETED:
-                remove(ENTRY_PREFIX[name] + key)
-            else:
-                puts[ENTRY_PREFIX[name] + key] = CODECS[name][0](value)
-            maps[name].written(key, value)
-
-        state.flush(write)
+        # The loop of UserState.flush inlined: ~4 entries per alert, each a call less.
+        for name, changes in state.pending():
+            prefix, encode, known = ENTRY_PREFIX[name], CODECS[name][0], maps[name].known
+            for key, value in changes.items():
+                if value is DELETED:
+                    remove(prefix + key)
+                    known[key] = None
+                else:
+                    puts[prefix + key] = encode(value)
+                    known[key] = value
         puts[LEDGER_KEY] = state.encode()
         self.entries.put_all(puts)
         cached.state = state.with_(**{name: Layered(maps[name]) for name in MAP_NAMES})

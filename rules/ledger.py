@@ -221,11 +221,19 @@ class UserState:
         """Every incident in creation order (dict-based maps only: tests, simulate)."""
         return sorted(self.incidents.as_dict().values(), key=lambda i: i.seq)
 
+    def pending(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(map_name, {key: value or DELETED}) of every map this state changed, in MAP_NAMES order
+        and each map's changes in the order they were made: what an owner of the bases writes."""
+        for name in MAP_NAMES:
+            changes = getattr(self, name).changes
+            if changes:
+                yield name, changes
+
     def flush(self, write: Callable[[str, str, Any], None]) -> UserState:
         """Hand every pending map change to write(map_name, key, value or DELETED), in order;
         returns the same state seen as written (a clean view over the same bases)."""
-        for name in MAP_NAMES:
-            for key, value in getattr(self, name).changes.items():
+        for name, changes in self.pending():
+            for key, value in changes.items():
                 write(name, key, value)
         return self.with_(**{name: Layered(getattr(self, name).base) for name in MAP_NAMES})
 
