@@ -1,6 +1,8 @@
 """Smoke run of the throughput benchmark (`make bench` runs the real one): a few thousand alerts
 through the whole job exactly-once on a fresh local stack. It fails only if the pipeline is
-broken (the job does not commit every input, or produces no output); no timing assertions."""
+broken (the job does not commit every input, or produces no output); no timing assertions.
+It runs the job on the mini-cluster (~40 s on 2 cores; starting and stopping a standalone
+cluster adds ~70 s, and tests/test_cluster.py covers that path and what the bench reads of it)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_throughput_benchmark_smoke():
     done = subprocess.run([sys.executable, "-m", "jobs.bench", "throughput", "--alerts", "3000", "--users", "500",
-                           "--timeout-s", "240"], cwd=REPO, capture_output=True, text=True, check=False, timeout=400)
+                           "--timeout-s", "240", "--mini-cluster"], cwd=REPO, capture_output=True, text=True, check=False, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["completed"] and result["input_committed"] == result["input_end"] == 3000

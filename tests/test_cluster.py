@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs import bench
 from jobs import cluster as flink_cluster
 from jobs.config import Topics
 from jobs.localstack import create_topics, free_port
@@ -93,6 +94,11 @@ def test_submit_to_standalone_cluster_metrics_and_savepoint(stack, tmp_path):
             time.sleep(2)
         assert not missing, f"alert rules use metrics the cluster does not expose: {sorted(missing)}"
         assert re.search(r'decision_latency_ms\{[^}]*quantile="0.99"', exposed)
+
+        # What the bench reads of a cluster's processes (its smoke run uses the mini-cluster):
+        # the operator's task threads and the JIT compilers are found by name.
+        usages = [bench.tree_usage(pid, threads=True) for pid in flink_cluster._alive_pids(cluster.root / "pids")]
+        assert sum(u.task_cpu_s for u in usages) > 0 and sum(u.jit_cpu_s for u in usages) > 0
 
         savepoint = flink_cluster.stop_job(cluster, job_id, tmp_path / "savepoints")
         assert (Path(savepoint.removeprefix("file:")) / "_metadata").is_file()
