@@ -9,7 +9,8 @@ runs it embedded in one process instead, as `make run` does.
         size, checkpointed state bytes per user.
     python -m jobs.bench latency [--rate 1000] [--seconds 60] [--warmup-s 0] [--delivery exactly_once]
         steady rate; alert produced -> enforcement visible to a read_committed consumer; the p99
-        of each 10 s of send time shows whether a backlog of the job's warm-up drains.
+        of each 10 s of send time shows whether a backlog of the job's warm-up drains, and the
+        end-to-end durations of the checkpoints of the measured period explain the tail.
     python -m jobs.bench all     both (`make bench`), one JSON summary line.
 
 Each prints one JSON line and a short human table. Not part of the tests (a smoke run is).
@@ -126,10 +127,12 @@ def measure_latency(args) -> dict:
         job_args += _passthrough(args)
         job.start(job_args)
         deadline = time.monotonic() + 180
-        while job.running_job() is None:
+        while (job_id := job.running_job()) is None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the job did not start within 180 s; logs in {data}")
             time.sleep(0.5)
+        checkpoints = CheckpointWatch(job.rest_port, job_id)
+        checkpoints.start()
         consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "bench",
                              "isolation.level": "read_committed", "enable.auto.commit": False})
         partitions = consumer.list_topics(topics.enforcement, timeout=10).topics[topics.enforcement].partitions
@@ -182,6 +185,7 @@ def measure_latency(args) -> dict:
             time.sleep(0.2)
         stop.set()
         trimmer.done.set()
+        checkpoints.done.set()
         reader.join(timeout=5)
         consumer.close()
     finally:
@@ -207,6 +211,8 @@ def measure_latency(args) -> dict:
         "mean_s": round(statistics.fmean(warm), 3), "cpus": os.cpu_count(),
         "p99_s_by_10s": latency_windows(sent_at, seen_at, started_wall),
         "broker_trims": trimmer.trims, "broker_trims_skipped": trimmer.skipped,
+        # The checkpoints triggered in the measured period (end-to-end durations).
+        **checkpoints.summary(int(measured_from * 1000) if args.warmup_s else 0),
     }
 
 
@@ -365,6 +371,36 @@ class Trimmer(threading.Thread):
             consumer.close()
 
 
+class CheckpointWatch(threading.Thread):
+    """Records every completed checkpoint of a running job from Flink's REST history (polled each
+    second; the history keeps the last 10, i.e. 2.5 s at the 250 ms interval): under exactly-once
+    a record's output becomes visible when the next checkpoint completes, so their durations
+    explain the latency tail."""
+
+    def __init__(self, rest_port: int, job_id: str):
+        super().__init__(daemon=True)
+        self.rest_port, self.job_id = rest_port, job_id
+        self.done = threading.Event()
+        self.completed: dict[int, tuple[int, int]] = {}  # id -> (trigger time ms, end-to-end ms)
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                history = _rest(self.rest_port, f"/jobs/{self.job_id}/checkpoints").get("history", [])
+            except (OSError, ValueError):
+                continue
+            for entry in history:
+                if entry.get("status") == "COMPLETED":
+                    self.completed[entry["id"]] = (entry["trigger_timestamp"], entry["end_to_end_duration"])
+
+    def summary(self, since_ms: int) -> dict:
+        durations = [ms for trigger_ms, ms in self.completed.values() if trigger_ms >= since_ms]
+        if not durations:
+            return {"checkpoints": 0}
+        return {"checkpoints": len(durations), "checkpoint_p50_ms": percentile(durations, 0.5),
+                "checkpoint_p99_ms": percentile(durations, 0.99), "checkpoint_max_ms": max(durations)}
+
+
 def measure_throughput(args) -> dict:
     from jobs.generator import AlertGenerator, produce
 
@@ -493,7 +529,9 @@ def latency_table(r: dict) -> str:
     return (f"latency ({r['delivery']}, {r['rate_per_s']}/s for {r['seconds']} s{warmup}): "
             f"{r['seen']}/{r['sent']} enforced; "
             f"p50 {r['p50_s']} s, p95 {r['p95_s']} s, p99 {r['p99_s']} s, max {r['max_s']} s\n"
-            f"  p99 by 10 s of send time: {r['p99_s_by_10s']}")
+            f"  p99 by 10 s of send time: {r['p99_s_by_10s']}\n"
+            f"  {r['checkpoints']} checkpoints in the measured period: p50 {r.get('checkpoint_p50_ms')} ms, "
+            f"p99 {r.get('checkpoint_p99_ms')} ms, max {r.get('checkpoint_max_ms')} ms")
 
 
 def checkpoint_interval_ms(args) -> int:
