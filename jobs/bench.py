@@ -2,7 +2,7 @@
 Flink cluster of one-slot TaskManagers (parallelism 2), as the job is deployed; `--mini-cluster`
 runs it embedded in one process instead, as `make run` does.
 
-    python -m jobs.bench throughput [--alerts 1000000] [--users 100000] [--zipf-s 1.0]
+    python -m jobs.bench throughput [--alerts 1000000] [--users 100000] [--zipf-s 1.0] [--step-ms 1000]
         pre-produces a realistic mix, runs the job exactly-once from the earliest offset until
         every input offset is committed by a checkpoint (so every output of it is committed
         too); reports alerts/s, peak RSS of the job's process tree, checkpoint duration and
@@ -410,8 +410,8 @@ def measure_throughput(args) -> dict:
     localstack.create_topics(stack.bootstrap, topics.partitions())
     job = JobUnderTest(data, args.parallelism, args.mini_cluster)
     try:
-        generator = AlertGenerator(seed=args.seed, users=args.users, zipf_s=args.zipf_s,
-                                   start_ms=int(time.time() * 1000) - args.alerts * 50)
+        generator = AlertGenerator(seed=args.seed, users=args.users, zipf_s=args.zipf_s, step_ms=args.step_ms,
+                                   start_ms=int(time.time() * 1000) - args.alerts * args.step_ms)
         t0 = time.monotonic()
         produced = produce(stack.bootstrap, topics.alerts, generator.payloads(args.alerts))
         produce_s = time.monotonic() - t0
@@ -472,6 +472,7 @@ def measure_throughput(args) -> dict:
         full_size = last.get("full_size", last.get("state_size", 0))
         return {
             "benchmark": "throughput", "alerts": produced, "users": args.users, "zipf_s": args.zipf_s,
+            "step_ms": args.step_ms,
             "delivery": "exactly_once", "parallelism": args.parallelism,
             "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
             "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf,
@@ -591,6 +592,13 @@ def main(argv=None) -> int:
             p.add_argument("--users", type=int, default=100_000)
             p.add_argument("--zipf-s", type=float, default=1.0, help="skew of repeat offenders")
             p.add_argument("--seed", type=int, default=7)
+            # 1 s: the default 1M alerts span 11.6 days of event time, so for all but the first 24 h
+            # (the dedupe horizon) the timers that forget seen ids and incidents fire as often as
+            # alerts arrive, as in a job that has run for days. At 50 ms (14 h) they never fired and
+            # the bench left out ~30% of the operator's work (docs/operations.md, Performance).
+            p.add_argument("--step-ms", type=int, default=1000,
+                           help="event time between alerts; the input spans alerts x step: beyond the 24 h dedupe "
+                                "horizon the timers that forget seen ids and incidents fire during the run")
             p.add_argument("--timeout-s", type=float, default=3600)
         if name in ("latency", "all"):
             p.add_argument("--rate", type=float, default=2000)
