@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from connectors.alerts import MAX_FUTURE_SKEW_MS, MAX_PAYLOAD_BYTES
-from rules.core import DAY_MS, CoreConfig
+from rules.core import DAY_MS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES = REPO_ROOT / "rules" / "policies" / "default.yaml"
@@ -55,7 +55,6 @@ class JobConfig:
     parallelism: int = 2
     dedupe_horizon_ms: int = DAY_MS
     incident_window_ms: int = 60_000
-    timer_granularity_ms: int = CoreConfig.timer_granularity_ms  # each user's timer rounded up to this
     max_out_of_orderness_ms: int = 5_000
     idleness_ms: int = 10_000
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
@@ -96,9 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallelism", type=int, default=d.parallelism)
     parser.add_argument("--dedupe-horizon-ms", type=int, default=d.dedupe_horizon_ms)
     parser.add_argument("--incident-window-ms", type=int, default=d.incident_window_ms)
-    parser.add_argument("--timer-granularity-ms", type=int, default=d.timer_granularity_ms,
-                        help="round each user's expiry timer up to this (0: exact); fewer timer firings, entries "
-                             "kept and strike expiries audited up to this much later")
     parser.add_argument("--max-out-of-orderness-ms", type=int, default=d.max_out_of_orderness_ms)
     parser.add_argument("--idleness-ms", type=int, default=d.idleness_ms)
     parser.add_argument("--state-cache-users", type=int, default=d.state_cache_users,
@@ -133,8 +129,6 @@ def from_args(args: argparse.Namespace) -> JobConfig:
     kafka = _pairs("--kafka-property", args.kafka_property)
     if args.state_cache_users < 0:
         raise SystemExit(f"--state-cache-users must be 0 (off) or more, got {args.state_cache_users}")
-    if args.timer_granularity_ms < 0:
-        raise SystemExit(f"--timer-granularity-ms must be 0 (exact) or more, got {args.timer_granularity_ms}")
     if args.checkpoint_interval_ms is not None:
         conf.append(("execution.checkpointing.interval", f"{args.checkpoint_interval_ms}ms"))
     if args.checkpoint_dir:
@@ -153,7 +147,6 @@ def from_args(args: argparse.Namespace) -> JobConfig:
         parallelism=args.parallelism,
         dedupe_horizon_ms=args.dedupe_horizon_ms,
         incident_window_ms=args.incident_window_ms,
-        timer_granularity_ms=args.timer_granularity_ms,
         max_out_of_orderness_ms=args.max_out_of_orderness_ms,
         idleness_ms=args.idleness_ms,
         state_cache_users=args.state_cache_users,

@@ -174,10 +174,9 @@ class PenaltyFunction(KeyedProcessFunction):
                 self.users.clear(cached)
             else:
                 self.users.store(cached, step.state)
-        # One timer per user, at the next expiry (rounded up: CoreConfig.timer_granularity_ms):
-        # move it when the core's answer changes.
-        old_wake = self.core.wake_ms(previous)
-        new_wake = self.core.wake_ms(step.state)
+        # One timer per user, at the next expiry: move it when the core's answer changes.
+        old_wake = previous.next_wake_ms() if previous is not None else None
+        new_wake = step.state.next_wake_ms() if step.state is not None else None
         if old_wake != new_wake:
             timers = ctx.timer_service()
             if old_wake is not None:

@@ -41,8 +41,7 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
     """Raw records of the alerts and decisions topics (RAW_ALERT_TYPE, with event-time
     timestamps) -> output records Row(kind, key, value) (kafka.OUTPUT_RECORD_TYPE). Shared by the
     Kafka job and the mini-cluster tests."""
-    core_config = CoreConfig(config.dedupe_horizon_ms, config.incident_window_ms,
-                             timer_granularity_ms=config.timer_granularity_ms)
+    core_config = CoreConfig(config.dedupe_horizon_ms, config.incident_window_ms)
     decided = (
         kafka.keyed_by_user(raw, "key by user", UIDS["key"])
         .process(PenaltyFunction(policy_bytes, policy_file, core_config, config.topics.decisions,

@@ -62,7 +62,7 @@ def cmd_simulate(args) -> int:
         except loader.RuleFileError as exc:
             print(exc, file=sys.stderr)
             return 2
-    config = simulate.core_config(args.dedupe_horizon_ms, args.incident_window_ms, args.timer_granularity_ms)
+    config = simulate.core_config(args.dedupe_horizon_ms, args.incident_window_ms)
     with source:
         lines = list(source)
     out = sys.stdout
@@ -149,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shadow-rules", help="a second rule set evaluated in shadow, as the job's --shadow-rules")
     p.add_argument("--dedupe-horizon-ms", type=int, default=None)
     p.add_argument("--incident-window-ms", type=int, default=None)
-    p.add_argument("--timer-granularity-ms", type=int, default=None,
-                   help="round each user's timer up to this, as the job's --timer-granularity-ms (default 600000)")
     p.add_argument("--order", choices=("event_time", "input"), default="event_time",
                    help="event_time (default): sorted by event time; input: as the job sees one "
                         "partition, with a watermark and too_late rejections")

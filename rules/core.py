@@ -47,12 +47,6 @@ class CoreConfig:
     dedupe_horizon_ms: int = DAY_MS  # also the allowed lateness
     incident_window_ms: int = 60_000
     review_retention_ms: int = 7 * DAY_MS  # how long an incident awaiting review stays decidable
-    # The user's one timer wakes at the next expiry rounded up to this (0: exactly at it). An
-    # alert leaves a seen id due at t + horizon and its incident a window later: at 10 minutes
-    # most users' timer fires once for both instead of twice, and once for a burst of alerts.
-    # Entries are kept up to this much longer, and a strike's expiry is audited up to this much
-    # later (with its exact event time); decisions never depend on when a timer fires.
-    timer_granularity_ms: int = 600_000
 
 
 class Step(NamedTuple):
@@ -71,14 +65,6 @@ class PenaltyCore:
     def __init__(self, policy: Policy, config: CoreConfig = CoreConfig()):
         self.policy = policy
         self.config = config
-
-    def wake_ms(self, state: UserState | None) -> int | None:
-        """When the user's one timer should fire: the next expiry, rounded up to the granularity."""
-        wake = state.next_wake_ms() if state is not None else None
-        granularity = self.config.timer_granularity_ms
-        if wake is None or granularity <= 1:
-            return wake
-        return -(-wake // granularity) * granularity
 
     # ----------------------------------------------------------------- alerts
     def on_alert(self, state: UserState | None, alert: Alert, watermark_ms: int | None = None) -> Step:

@@ -24,13 +24,11 @@ from rules.model import Policy
 DEFAULT_CONFIG = CoreConfig()  # frozen: one shared default
 
 
-def core_config(dedupe_horizon_ms: int | None = None, incident_window_ms: int | None = None,
-                timer_granularity_ms: int | None = None) -> CoreConfig:
+def core_config(dedupe_horizon_ms: int | None = None, incident_window_ms: int | None = None) -> CoreConfig:
     default = CoreConfig()
     return CoreConfig(
         dedupe_horizon_ms=default.dedupe_horizon_ms if dedupe_horizon_ms is None else dedupe_horizon_ms,
         incident_window_ms=default.incident_window_ms if incident_window_ms is None else incident_window_ms,
-        timer_granularity_ms=default.timer_granularity_ms if timer_granularity_ms is None else timer_granularity_ms,
     )
 
 
@@ -64,7 +62,7 @@ class Simulator:
         else:
             # Like the operator: write this step's map changes, go on from a clean view.
             self.states[user_id] = step.state.flush_to_dicts()
-        wake = self.core.wake_ms(step.state)
+        wake = step.state.next_wake_ms() if step.state is not None else None
         if wake is None:
             self.timers.pop(user_id, None)
         elif self.timers.get(user_id) != wake:
