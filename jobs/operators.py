@@ -56,6 +56,11 @@ def count(out: list, name: str) -> None:
     out += ("count", name, "")
 
 
+# Core events that dead-letter an alert are counted as the rejection they are, so that every DLQ
+# record shows up in `alerts_rejected{reason=...}` (the DLQ-rate alert and its breakdown).
+EVENT_COUNTERS = {"too_late": "alerts_rejected.too_late"}
+
+
 # Each record allocates thousands of short-lived objects and almost never a reference cycle, and
 # the read cache holds many long-lived ones. At CPython's default (a young collection every 700
 # allocations, the older generations re-scanned every 10 and 100 of those) cyclic GC took ~12% of
@@ -184,6 +189,6 @@ class PenaltyFunction(KeyedProcessFunction):
             if new_wake is not None:
                 timers.register_event_time_timer(new_wake)
         for name in step.events:
-            count(out, name)
+            count(out, EVENT_COUNTERS.get(name, name))
         for output in step.outputs:
             emit(out, output)
