@@ -168,7 +168,11 @@ class PenaltyFunction(KeyedProcessFunction):
         user_id = ctx.get_current_key()
         cached = self.users.load(user_id)
         out: list[str] = []
-        self._apply(cached, self.core.on_timer(cached.state, user_id, timestamp), ctx, out)
+        # Flink sets the watermark before it fires what is due, so everything up to it can go in
+        # this one firing: after a jump (the watermark held through a catch-up, then released)
+        # each user's timer fires once, not once per due time in a chain of re-registrations.
+        now_ms = max(timestamp, ctx.timer_service().current_watermark())
+        self._apply(cached, self.core.on_timer(cached.state, user_id, now_ms), ctx, out)
         if out:
             yield out
 

@@ -1,0 +1,177 @@
+"""The Flink operator's timer path (jobs/operators.py) without a JVM: dict-backed keyed state and a
+timer service that fires the way Flink's does (the watermark is set first, then every timer at or
+before it fires, including timers registered while firing).
+
+After a watermark jump (event time held through a catch-up, then released) each user's timer
+fires once and forgets everything due, with the same outputs and end state as one firing per due
+time."""
+
+from __future__ import annotations
+
+import gc
+import heapq
+
+import pytest
+
+from jobs.config import DEFAULT_RULES
+from jobs.operators import PenaltyFunction
+from rules.core import CoreConfig
+
+from .conftest import alert_bytes
+
+T0_MS = 1_790_000_000_000
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+MIN_WATERMARK = -(2**63)
+
+
+class Keyed:
+    def __init__(self, ctx):
+        self.ctx, self.data = ctx, {}
+
+    def _mine(self) -> dict:
+        return self.data.setdefault(self.ctx.key, {})
+
+
+class FakeMapState(Keyed):
+    def get(self, key):
+        return self._mine().get(key)
+
+    def put(self, key, value):
+        self._mine()[key] = value
+
+    def put_all(self, entries):
+        self._mine().update(entries)
+
+    def remove(self, key):
+        self._mine().pop(key, None)
+
+    def clear(self):
+        self.data.pop(self.ctx.key, None)
+
+    def items(self):
+        return list(self._mine().items())
+
+
+class FakeValueState(Keyed):
+    def value(self):
+        return self._mine().get("v")
+
+    def update(self, value):
+        self._mine()["v"] = value
+
+    def clear(self):
+        self.data.pop(self.ctx.key, None)
+
+
+class FakeContext:
+    """Context and timer service in one: a key, a watermark and a heap of (time, key) timers."""
+
+    def __init__(self):
+        self.key, self.watermark = None, MIN_WATERMARK
+        self.timers: list[tuple[int, str]] = []
+        self.live: set[tuple[int, str]] = set()
+        self.fired = 0
+
+    def get_current_key(self):
+        return self.key
+
+    def timer_service(self):
+        return self
+
+    def current_watermark(self):
+        return self.watermark
+
+    def register_event_time_timer(self, time_ms):
+        if (time_ms, self.key) not in self.live:
+            self.live.add((time_ms, self.key))
+            heapq.heappush(self.timers, (time_ms, self.key))
+
+    def delete_event_time_timer(self, time_ms):
+        self.live.discard((time_ms, self.key))
+
+    def get_state(self, descriptor):
+        return FakeValueState(self)
+
+    def get_map_state(self, descriptor):
+        return FakeMapState(self)
+
+    def advance(self, operator, watermark_ms):
+        """Flink's advanceWatermark: everything the firings output, as (kind, key, value)."""
+        self.watermark = watermark_ms
+        out = []
+        while self.timers and self.timers[0][0] <= watermark_ms:
+            time_ms, key = heapq.heappop(self.timers)
+            if (time_ms, key) not in self.live:
+                continue
+            self.live.discard((time_ms, key))
+            self.key, self.fired = key, self.fired + 1
+            for batch in operator.on_timer(time_ms, self):
+                out += [tuple(batch[i:i + 3]) for i in range(0, len(batch), 3) if batch[i] != "count"]
+        return out
+
+
+@pytest.fixture
+def operator_and_context():
+    thresholds = gc.get_threshold()
+    ctx = FakeContext()
+    operator = PenaltyFunction(DEFAULT_RULES.read_bytes(), DEFAULT_RULES.name, CoreConfig(), "decisions",
+                               65_536, 300_000)
+    operator.open(ctx)
+    yield operator, ctx
+    gc.unfreeze()  # open() tunes the collector for the TaskManager's interpreter
+    gc.set_threshold(*thresholds)
+
+
+def hate_speech_alerts(prefix: str, count: int) -> list[dict]:
+    """Confident hate speech on different streams 3 h apart: one incident and one strike each,
+    each with its own due times (seen id and incident a day later, strike 90 days later)."""
+    return [{"alert_id": f"{prefix}{i}", "stream_id": f"s{i}", "violation_type": "hate_speech", "confidence": 0.97,
+             "event_time_ms": T0_MS + i * 3 * HOUR_MS} for i in range(count)]
+
+
+def feed(operator, ctx, user_id: str, alerts: list[dict]) -> None:
+    ctx.key = user_id
+    for offset, fields in enumerate(alerts):
+        payload = alert_bytes(user_id=user_id, **fields)
+        list(operator.process_element(("alerts", 0, offset, fields["event_time_ms"], payload, len(payload), None), ctx))
+
+
+def test_a_watermark_jump_fires_each_user_once_and_forgets_everything_due(operator_and_context):
+    operator, ctx = operator_and_context
+    alerts = hate_speech_alerts("a", 3)  # warning, 24 h suspension, 7 d suspension
+    feed(operator, ctx, "u-1", alerts)
+    core = operator.core
+    held = operator.users.load("u-1").state
+    assert len(held.strikes) == 3 and ctx.fired == 0  # the watermark was held: nothing fired yet
+
+    # What one firing per due time (the old chain) ends with, computed with the core alone.
+    end_ms = T0_MS + 400 * DAY_MS
+    chained, chained_out = held, []
+    while chained is not None and chained.next_wake_ms() is not None and chained.next_wake_ms() <= end_ms:
+        step = core.on_timer(chained, "u-1", chained.next_wake_ms())
+        chained, chained_out = step.state, chained_out + [(o.kind, o.key) for o in step.outputs]
+
+    out = ctx.advance(operator, end_ms)
+    assert ctx.fired == 1
+    assert [(kind, key) for kind, key, _ in out] == chained_out
+    assert sum(1 for kind, _, value in out if kind == "audit" and '"strike_expired"' in value) == 3
+    after = operator.users.load("u-1").state
+    assert after is None and chained is None  # everything was due: the user's state is gone
+    assert not ctx.live  # and no timer is left
+
+
+def test_a_small_advance_forgets_only_what_is_due(operator_and_context):
+    operator, ctx = operator_and_context
+    alerts = hate_speech_alerts("b", 2)
+    feed(operator, ctx, "u-2", alerts)
+    # Past the first alert's seen id and incident (a day), before the second's.
+    ctx.advance(operator, T0_MS + DAY_MS + HOUR_MS)
+    state = operator.users.load("u-2").state
+    assert "b0" not in state.seen and "b1" in state.seen
+    assert min(time_ms for time_ms, _ in ctx.live) > T0_MS + DAY_MS + HOUR_MS
+    # A retry of the second alert is still a duplicate; the first is past the dedupe horizon.
+    ctx.key = "u-2"
+    retry = alert_bytes(user_id="u-2", **alerts[1])
+    [batch] = operator.process_element(("alerts", 0, 9, T0_MS + 2 * DAY_MS, retry, len(retry), None), ctx)
+    assert ("count", "duplicate", "") in [tuple(batch[i:i + 3]) for i in range(0, len(batch), 3)]
