@@ -401,6 +401,48 @@ class CheckpointWatch(threading.Thread):
                 "checkpoint_p99_ms": percentile(durations, 0.99), "checkpoint_max_ms": max(durations)}
 
 
+class OperatorWatch(threading.Thread):
+    """Polls the penalty operator's metrics on Flink's REST API each second while the job runs:
+    when its input watermark first leaves Long.MIN_VALUE (event time starts: timers can fire,
+    the too_late gate applies) and, at the end, its dead-lettered alerts by reason (the DLQ topic
+    itself is trimmed during the run)."""
+
+    WATERMARK = "penalty_decisions.currentInputWatermark"
+
+    def __init__(self, rest_port: int, job_id: str):
+        super().__init__(daemon=True)
+        self.rest_port, self.job_id = rest_port, job_id
+        self.done = threading.Event()
+        self.started = time.monotonic()
+        self.watermark_first_s: float | None = None
+        self.url: str | None = None
+
+    def _metrics(self, names: list[str]) -> list[dict]:
+        if self.url is None:
+            vertices = _rest(self.rest_port, f"/jobs/{self.job_id}")["vertices"]
+            vertex = next(v for v in vertices if "penalty decisions" in v["name"])
+            self.url = f"/jobs/{self.job_id}/vertices/{vertex['id']}/subtasks/metrics"
+        return _rest(self.rest_port, f"{self.url}?get={','.join(names)}&agg=min,sum") if names else []
+
+    def run(self) -> None:
+        while self.watermark_first_s is None and not self.done.wait(1.0):
+            try:
+                [metric] = self._metrics([self.WATERMARK]) or [{}]
+            except (OSError, ValueError, StopIteration):
+                continue
+            if metric.get("min", -(2**63)) > -(2**62):  # every subtask has a watermark
+                self.watermark_first_s = round(time.monotonic() - self.started, 1)
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """`alerts_rejected{reason}` summed over subtasks, reasons with a count only."""
+        try:
+            self._metrics([])
+            ids = [m["id"] for m in _rest(self.rest_port, self.url) if m["id"].endswith(".alerts_rejected")]
+            return {m["id"].split(".")[-2]: round(m["sum"]) for m in self._metrics(ids) if m.get("sum")}
+        except (OSError, ValueError, StopIteration):
+            return {}
+
+
 def measure_throughput(args) -> dict:
     from jobs.generator import AlertGenerator, produce
 
@@ -432,6 +474,7 @@ def measure_throughput(args) -> dict:
         committed = end = 0
         trimmer = Trimmer(stack.bootstrap, topics.alerts, group, [getattr(topics, name) for name in OUTPUTS])
         trimmer.start()
+        watch: OperatorWatch | None = None
         while time.monotonic() < deadline:
             time.sleep(0.5)
             usage = job.usage()
@@ -439,6 +482,9 @@ def measure_throughput(args) -> dict:
             if job_id is None:
                 job_id = job.running_job()
                 started = time.monotonic() if job_id else None
+                if job_id:
+                    watch = OperatorWatch(job.rest_port, job_id)
+                    watch.start()
                 usage = job.usage(threads=True)
                 start_usage, broker_cpu_start = usage, tree_usage(stack.kafka.pid).cpu_s
                 continue
@@ -457,6 +503,8 @@ def measure_throughput(args) -> dict:
             steady_alerts, steady_s, steady_cpu_s = committed - half[1], finished - half[0], final.cpu_s - half[2].cpu_s
             steady_task_s = final.task_cpu_s - half[2].task_cpu_s
         trimmer.done.set()
+        if watch is not None:
+            watch.done.set()
         done = end > 0 and committed >= end
         elapsed = finished - started if started else float("nan")
         outputs = {name: committed_and_end(stack.bootstrap, getattr(topics, name), "bench-count")[1]
@@ -495,6 +543,10 @@ def measure_throughput(args) -> dict:
             "checkpoint_full_size_bytes": full_size,
             "state_bytes_per_user": round(full_size / users_seen) if users_seen else None,
             "broker_trims": trimmer.trims, "broker_trims_skipped": trimmer.skipped,
+            # Seconds into the run when event time started in the operator (null: never during the
+            # run, so no timer fired), and the DLQ by reason.
+            "watermark_first_s": watch.watermark_first_s if watch else None,
+            "rejected_by_reason": watch.rejected_by_reason() if watch else {},
         }
     finally:
         job.stop()
@@ -522,7 +574,8 @@ def throughput_table(r: dict) -> str:
             f"the operator's task threads {r['task_cpu_ms_per_alert']} ms/alert), "
             f"broker CPU {r['broker_cpu_s']} s\n  peak RSS {r['peak_rss_mb']} MB; {r['checkpoints']} checkpoints, "
             f"p50 {r['checkpoint_p50_ms']} ms, max {r['checkpoint_max_ms']} ms, last full size "
-            f"{r['checkpoint_full_size_bytes']} B = {r['state_bytes_per_user']} B/user")
+            f"{r['checkpoint_full_size_bytes']} B = {r['state_bytes_per_user']} B/user\n"
+            f"  event time started {r['watermark_first_s']} s into the run; DLQ by reason {r['rejected_by_reason']}")
 
 
 def latency_table(r: dict) -> str:

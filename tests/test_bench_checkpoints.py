@@ -1,6 +1,10 @@
-"""The latency bench's record of checkpoints (jobs.bench.CheckpointWatch), against a small HTTP
-server that answers like Flink's `/jobs/<id>/checkpoints`: its history keeps only the latest few
-checkpoints, so the watch must collect them as they pass, once each, completed ones only."""
+"""What the benches read of a running job on Flink's REST API, against a small HTTP server that
+answers like Flink:
+- the latency bench's record of checkpoints (jobs.bench.CheckpointWatch) from
+  `/jobs/<id>/checkpoints`: its history keeps only the latest few checkpoints, so the watch must
+  collect them as they pass, once each, completed ones only;
+- the throughput bench's OperatorWatch: when the operator's input watermark first leaves
+  Long.MIN_VALUE, and the DLQ by reason from the `alerts_rejected` counters."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from jobs.bench import CheckpointWatch
+from jobs.bench import CheckpointWatch, OperatorWatch
 
 
 def checkpoint(checkpoint_id: int, status: str = "COMPLETED") -> dict:
@@ -17,17 +21,35 @@ def checkpoint(checkpoint_id: int, status: str = "COMPLETED") -> dict:
             "end_to_end_duration": 100 * checkpoint_id}
 
 
+MIN_WATERMARK = float(-(2**63))  # as Flink's JSON prints a gauge of Long.MIN_VALUE aggregated
+
+
 class FakeFlink(ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
         self.history: list[dict] = []
         self.paths: list[str] = []
+        # The penalty operator's vertex: metric id -> (min, sum) over its subtasks.
+        self.metrics: dict[str, tuple[float, float]] = {}
+
+    def answer(self, path: str):
+        if path == "/jobs/job-1":
+            return {"vertices": [{"id": "v-source", "name": "Source: alerts source -> key by user"},
+                                 {"id": "v-op", "name": "penalty decisions -> route outputs -> outputs sink"}]}
+        base = "/jobs/job-1/vertices/v-op/subtasks/metrics"
+        if path == base:
+            return [{"id": name} for name in self.metrics]
+        if path.startswith(base + "?get="):
+            names = path[len(base) + 5:].split("&")[0].split(",")
+            assert path.endswith("&agg=min,sum")
+            return [{"id": n, "min": self.metrics[n][0], "sum": self.metrics[n][1]} for n in names if n in self.metrics]
+        return {"history": self.history}
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.paths.append(self.path)
-        body = json.dumps({"history": self.server.history}).encode()
+        body = json.dumps(self.server.answer(self.path)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -80,3 +102,31 @@ def test_an_unreachable_rest_endpoint_records_nothing_and_does_not_stop_the_watc
     watch.done.set()
     watch.join(timeout=5)
     assert watch.summary(since_ms=0) == {"checkpoints": 0}
+
+
+def test_the_operator_watch_sees_event_time_start_and_counts_rejections_by_reason():
+    server = FakeFlink()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.metrics = {
+        OperatorWatch.WATERMARK: (MIN_WATERMARK, 2 * MIN_WATERMARK),
+        "route_outputs.alerts_in": (10.0, 30.0),
+        "route_outputs.reason.not_json.alerts_rejected": (1.0, 3.0),
+        "route_outputs.reason.too_late.alerts_rejected": (0.0, 2.0),
+        "route_outputs.reason.empty.alerts_rejected": (0.0, 0.0),
+        "route_outputs.reason.invalid_decision.decisions_rejected": (1.0, 1.0),
+    }
+    watch = OperatorWatch(server.server_address[1], "job-1")
+    try:
+        watch.start()
+        wait_for(lambda: len(server.paths) >= 3)
+        assert watch.watermark_first_s is None  # one subtask still has no watermark
+        server.metrics[OperatorWatch.WATERMARK] = (1.79e12, 3.58e12)
+        wait_for(lambda: watch.watermark_first_s is not None)
+        watch.join(timeout=5)
+        assert not watch.is_alive()  # nothing left to watch until the end
+        # Decisions are not alerts, and reasons at zero are left out.
+        assert watch.rejected_by_reason() == {"not_json": 3, "too_late": 2}
+    finally:
+        watch.done.set()
+        server.shutdown()
+    assert watch.watermark_first_s >= 1.0

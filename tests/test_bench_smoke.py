@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from connectors.alerts import REASONS
+
 pytestmark = pytest.mark.stack
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,6 +27,9 @@ def test_throughput_benchmark_smoke():
     assert result["completed"] and result["input_committed"] == result["input_end"] == 3000
     assert result["output_end_offsets"]["enforcement"] > 0 and result["output_end_offsets"]["audit"] > 0
     assert result["output_end_offsets"]["dlq"] > 0  # the mix has malformed records
+    # By reason from the job's counters: at most the DLQ's end offset (which counts commit markers too).
+    rejected = result["rejected_by_reason"]
+    assert set(rejected) <= set(REASONS) and 0 < sum(rejected.values()) <= result["output_end_offsets"]["dlq"]
     assert result["peak_rss_mb"] > 0 and result["checkpoints"] >= 1
     assert result["jit_cpu_s"] > 0 and "alerts/s exactly-once" in done.stderr
     assert 0 < result["task_cpu_ms_per_alert"] * 3000 < result["job_cpu_s"] * 1000  # the threads were found
