@@ -45,6 +45,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+# How often Flink's REST API refreshes the metrics it serves (default 10 s): the bench reads the
+# job's counters once at the end, when a 10 s old value would miss the last records.
+METRICS_FETCH_MS = 1000
+
+
 class JobUnderTest:
     """The penalty job as a bench runs it: by default on a local standalone cluster of
     `parallelism` TaskManagers with one slot each, as shipped (thread mode runs Python on one
@@ -62,14 +67,16 @@ class JobUnderTest:
         job_args = [*job_args, "--parallelism", str(self.parallelism)]
         if self.mini_cluster:
             cmd = [sys.executable, "-m", "jobs.penalty_job", *job_args, "--checkpoint-dir", str(self.data / "checkpoints"),
-                   "--conf", f"rest.port={self.rest_port}", "--conf", "rest.address=127.0.0.1"]
+                   "--conf", f"rest.port={self.rest_port}", "--conf", "rest.address=127.0.0.1",
+                   "--conf", f"metrics.fetcher.update-interval={METRICS_FETCH_MS}"]
             log = open(self.data / "job.log", "wb")  # noqa: SIM115 - the child holds it
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             return
         from jobs import cluster as flink_cluster
 
         self.cluster = flink_cluster.Cluster(self.data / "cluster", self.rest_port, localstack.free_port())
-        flink_cluster.up(self.cluster, taskmanagers=self.parallelism, slots=1)
+        flink_cluster.up(self.cluster, taskmanagers=self.parallelism, slots=1,
+                         overrides={"metrics.fetcher.update-interval": str(METRICS_FETCH_MS)})
         self.job_id = flink_cluster.submit(self.cluster, job_args)
 
     def running_job(self) -> str | None:
@@ -433,8 +440,10 @@ class OperatorWatch(threading.Thread):
             if metric.get("min", -(2**63)) > -(2**62):  # every subtask has a watermark
                 self.watermark_first_s = round(time.monotonic() - self.started, 1)
 
-    def rejected_by_reason(self) -> dict[str, int]:
-        """`alerts_rejected{reason}` summed over subtasks, reasons with a count only."""
+    def rejected_by_reason(self, settle_s: float = 2 * METRICS_FETCH_MS / 1000) -> dict[str, int]:
+        """`alerts_rejected{reason}` summed over subtasks, reasons with a count only; read after
+        the REST API has refreshed its metrics (settle_s) once the input is processed."""
+        time.sleep(settle_s)
         try:
             self._metrics([])
             ids = [m["id"] for m in _rest(self.rest_port, self.url) if m["id"].endswith(".alerts_rejected")]

@@ -125,7 +125,7 @@ def test_the_operator_watch_sees_event_time_start_and_counts_rejections_by_reaso
         watch.join(timeout=5)
         assert not watch.is_alive()  # nothing left to watch until the end
         # Decisions are not alerts, and reasons at zero are left out.
-        assert watch.rejected_by_reason() == {"not_json": 3, "too_late": 2}
+        assert watch.rejected_by_reason(settle_s=0) == {"not_json": 3, "too_late": 2}
     finally:
         watch.done.set()
         server.shutdown()
