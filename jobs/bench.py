@@ -411,10 +411,12 @@ class CheckpointWatch(threading.Thread):
 class OperatorWatch(threading.Thread):
     """Polls the penalty operator's metrics on Flink's REST API each second while the job runs:
     when its input watermark first leaves Long.MIN_VALUE (event time starts: timers can fire,
-    the too_late gate applies) and, at the end, its dead-lettered alerts by reason (the DLQ topic
-    itself is trimmed during the run)."""
+    the too_late gate applies); at the end, how long event time takes to catch up once the input
+    is read, and its dead-lettered alerts by reason (the DLQ topic itself is trimmed during the
+    run)."""
 
     WATERMARK = "penalty_decisions.currentInputWatermark"
+    OUTPUT_WATERMARK = "penalty_decisions.currentOutputWatermark"
 
     def __init__(self, rest_port: int, job_id: str):
         super().__init__(daemon=True)
@@ -439,6 +441,22 @@ class OperatorWatch(threading.Thread):
                 continue
             if metric.get("min", -(2**63)) > -(2**62):  # every subtask has a watermark
                 self.watermark_first_s = round(time.monotonic() - self.started, 1)
+
+    def event_time_caught_up(self, timeout_s: float) -> bool:
+        """Waits until every subtask's input watermark has left Long.MIN_VALUE and its output
+        watermark has reached it: the timers due by then have all fired. A job that ends a
+        catch-up runs them here if event time was held through it (docs/operations.md)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                got = {m["id"]: m["min"] for m in self._metrics([self.WATERMARK, self.OUTPUT_WATERMARK])}
+            except (OSError, ValueError, StopIteration, KeyError):
+                got = {}
+            held = got.get(self.WATERMARK, -(2**63))
+            if held > -(2**62) and got.get(self.OUTPUT_WATERMARK, -(2**63)) >= held:
+                return True
+            time.sleep(METRICS_FETCH_MS / 1000)
+        return False
 
     def rejected_by_reason(self, settle_s: float = 2 * METRICS_FETCH_MS / 1000) -> dict[str, int]:
         """`alerts_rejected{reason}` summed over subtasks, reasons with a count only; read after
@@ -512,10 +530,17 @@ def measure_throughput(args) -> dict:
             steady_alerts, steady_s, steady_cpu_s = committed - half[1], finished - half[0], final.cpu_s - half[2].cpu_s
             steady_task_s = final.task_cpu_s - half[2].task_cpu_s
         trimmer.done.set()
-        if watch is not None:
-            watch.done.set()
         done = end > 0 and committed >= end
         elapsed = finished - started if started else float("nan")
+        # The timers still due once the input is read (all of them if event time was held through
+        # the catch-up): how long they take, and the job's CPU meanwhile.
+        catch_up_s = catch_up_cpu_s = None
+        if watch is not None:
+            before = job.usage()
+            if done and watch.event_time_caught_up(args.timeout_s):
+                catch_up_s = round(time.monotonic() - finished, 1)
+                catch_up_cpu_s = round(job.usage().cpu_s - before.cpu_s, 1)
+            watch.done.set()
         outputs = {name: committed_and_end(stack.bootstrap, getattr(topics, name), "bench-count")[1]
                    for name in OUTPUTS}
         # Flink's own statistics over every completed checkpoint of the run (the job still runs).
@@ -555,6 +580,7 @@ def measure_throughput(args) -> dict:
             # Seconds into the run when event time started in the operator (null: never during the
             # run, so no timer fired), and the DLQ by reason.
             "watermark_first_s": watch.watermark_first_s if watch else None,
+            "event_time_catch_up_s": catch_up_s, "event_time_catch_up_job_cpu_s": catch_up_cpu_s,
             "rejected_by_reason": watch.rejected_by_reason() if watch else {},
         }
     finally:
@@ -584,7 +610,9 @@ def throughput_table(r: dict) -> str:
             f"broker CPU {r['broker_cpu_s']} s\n  peak RSS {r['peak_rss_mb']} MB; {r['checkpoints']} checkpoints, "
             f"p50 {r['checkpoint_p50_ms']} ms, max {r['checkpoint_max_ms']} ms, last full size "
             f"{r['checkpoint_full_size_bytes']} B = {r['state_bytes_per_user']} B/user\n"
-            f"  event time started {r['watermark_first_s']} s into the run; DLQ by reason {r['rejected_by_reason']}")
+            f"  event time started {r['watermark_first_s']} s into the run, caught up {r['event_time_catch_up_s']} s "
+            f"after the input was read (job CPU {r['event_time_catch_up_job_cpu_s']} s meanwhile); "
+            f"DLQ by reason {r['rejected_by_reason']}")
 
 
 def latency_table(r: dict) -> str:

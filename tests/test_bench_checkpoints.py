@@ -4,7 +4,8 @@ answers like Flink:
   `/jobs/<id>/checkpoints`: its history keeps only the latest few checkpoints, so the watch must
   collect them as they pass, once each, completed ones only;
 - the throughput bench's OperatorWatch: when the operator's input watermark first leaves
-  Long.MIN_VALUE, and the DLQ by reason from the `alerts_rejected` counters."""
+  Long.MIN_VALUE, when its output watermark has caught up with it (the due timers fired), and
+  the DLQ by reason from the `alerts_rejected` counters."""
 
 from __future__ import annotations
 
@@ -124,6 +125,11 @@ def test_the_operator_watch_sees_event_time_start_and_counts_rejections_by_reaso
         wait_for(lambda: watch.watermark_first_s is not None)
         watch.join(timeout=5)
         assert not watch.is_alive()  # nothing left to watch until the end
+        # Event time has not caught up until the operator's output watermark reaches its input.
+        server.metrics[OperatorWatch.OUTPUT_WATERMARK] = (1.70e12, 3.40e12)
+        assert not watch.event_time_caught_up(timeout_s=1.5)
+        server.metrics[OperatorWatch.OUTPUT_WATERMARK] = (1.79e12, 3.58e12)
+        assert watch.event_time_caught_up(timeout_s=5)
         # Decisions are not alerts, and reasons at zero are left out.
         assert watch.rejected_by_reason(settle_s=0) == {"not_json": 3, "too_late": 2}
     finally:

@@ -28,6 +28,7 @@ def test_throughput_benchmark_smoke():
     assert result["output_end_offsets"]["enforcement"] > 0 and result["output_end_offsets"]["audit"] > 0
     assert result["output_end_offsets"]["dlq"] > 0  # the mix has malformed records
     # By reason from the job's counters: at most the DLQ's end offset (which counts commit markers too).
+    assert result["event_time_catch_up_s"] is not None  # the due timers fired after the input was read
     rejected = result["rejected_by_reason"]
     assert set(rejected) <= set(REASONS) and 0 < sum(rejected.values()) <= result["output_end_offsets"]["dlq"]
     assert result["peak_rss_mb"] > 0 and result["checkpoints"] >= 1
