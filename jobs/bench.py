@@ -532,6 +532,14 @@ def measure_throughput(args) -> dict:
         trimmer.done.set()
         done = end > 0 and committed >= end
         elapsed = finished - started if started else float("nan")
+        outputs = {name: committed_and_end(stack.bootstrap, getattr(topics, name), "bench-count")[1]
+                   for name in OUTPUTS}
+        # Flink's own statistics over every completed checkpoint of the run (the job still runs),
+        # before the wait below adds the quick ones of an idle job.
+        try:
+            stats = _rest(job.rest_port, f"/jobs/{job_id}/checkpoints") if job_id else {}
+        except (OSError, ValueError):
+            stats = {}
         # The timers still due once the input is read (all of them if event time was held through
         # the catch-up): how long they take, and the job's CPU meanwhile.
         catch_up_s = catch_up_cpu_s = None
@@ -541,13 +549,6 @@ def measure_throughput(args) -> dict:
                 catch_up_s = round(time.monotonic() - finished, 1)
                 catch_up_cpu_s = round(job.usage().cpu_s - before.cpu_s, 1)
             watch.done.set()
-        outputs = {name: committed_and_end(stack.bootstrap, getattr(topics, name), "bench-count")[1]
-                   for name in OUTPUTS}
-        # Flink's own statistics over every completed checkpoint of the run (the job still runs).
-        try:
-            stats = _rest(job.rest_port, f"/jobs/{job_id}/checkpoints") if job_id else {}
-        except (OSError, ValueError):
-            stats = {}
         durations = stats.get("summary", {}).get("end_to_end_duration", {})
         last = (stats.get("latest") or {}).get("completed") or {}
         users_seen = args.users  # upper bound of users with state: every user the generator can pick
