@@ -363,12 +363,13 @@ class PenaltyCore:
             return Step(None, [], [])
         outputs: list[records.Output] = []
         events: list[str] = []
-        kept: list[Strike] = []
+        kept = [strike for strike in state.strikes if strike.expires_at_ms > now_ms]
         current = state
-        for strike in state.strikes:
-            if strike.expires_at_ms > now_ms:
-                kept.append(strike)
-                continue
+        # In expiry order (categories expire after different times, so creation order is not it):
+        # each audit's ledger is the one of its own expiry, whether one firing covers one strike
+        # or, after a watermark jump, several.
+        due = sorted((s for s in state.strikes if s.expires_at_ms <= now_ms), key=lambda s: s.expires_at_ms)
+        for strike in due:
             if strike.voided:
                 continue
             before = current.strike_summary(strike.expires_at_ms - 1)  # the last instant it counted

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import gc
 import heapq
+import json
 
 import pytest
 
 from jobs.config import DEFAULT_RULES
-from jobs.operators import PenaltyFunction
+from jobs.operators import PenaltyFunction, encode_record
 from rules.core import CoreConfig
 
 from .conftest import alert_bytes
@@ -159,6 +160,27 @@ def test_a_watermark_jump_fires_each_user_once_and_forgets_everything_due(operat
     after = operator.users.load("u-1").state
     assert after is None and chained is None  # everything was due: the user's state is gone
     assert not ctx.live  # and no timer is left
+
+
+def test_strikes_of_different_expiries_expire_in_expiry_order_in_one_firing(operator_and_context):
+    operator, ctx = operator_and_context
+    # A standard strike (90 days) first, then a low one (spam: 30 days): created in one order,
+    # expiring in the other. Each audit carries the ledger of its own expiry.
+    alerts = [*hate_speech_alerts("c", 1),
+              {"alert_id": "c-spam", "stream_id": "s9", "violation_type": "spam", "confidence": 0.97,
+               "event_time_ms": T0_MS + DAY_MS}]
+    feed(operator, ctx, "u-3", alerts)
+    held = operator.users.load("u-3").state
+    chained, chained_out = held, []
+    while chained is not None and chained.next_wake_ms() is not None:
+        step = operator.core.on_timer(chained, "u-3", chained.next_wake_ms())
+        chained, chained_out = step.state, chained_out + [(o.kind, o.key, encode_record(o.record)) for o in step.outputs]
+    out = ctx.advance(operator, T0_MS + 400 * DAY_MS)
+    assert ctx.fired == 1 and out == chained_out
+    expired = [json.loads(value) for kind, _, value in out if kind == "audit"]
+    assert [e["detail"]["violation_type"] for e in expired] == ["spam", "hate_speech"]
+    assert len(expired[0]["ledger_before"]["active_strikes"]) == 2
+    assert len(expired[1]["ledger_before"]["active_strikes"]) == 1
 
 
 def test_a_small_advance_forgets_only_what_is_due(operator_and_context):
