@@ -1,10 +1,12 @@
 """Upgrade across a state-layout change on the real stack: a job that stores user state the way
 jobs before state format 4 did (tests/legacy_layout_job.py) stops with a savepoint; the current
 job restores from it and carries on exactly as if one job had seen everything: retries of alerts
-decided before the upgrade are deduplicated, strikes escalate, incidents merge."""
+decided before the upgrade are deduplicated, strikes escalate, incidents merge, and each
+moderator decision is applied once, whichever job read it."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -40,6 +42,19 @@ def alive_and_caught_up(job: JobProcess, bootstrap: str, group_id: str, topic: s
     return caught_up(bootstrap, group_id, topic)
 
 
+def denied_appeals(enforcements: list[dict], at_ms: int) -> list[bytes]:
+    """A denied appeal per enforced incident: recorded and notified, the ledger unchanged, so the
+    alerts' expected outputs stay the oracle's."""
+    return [json.dumps({"schema_version": 1, "decision_id": f"appeal-{e['incident_id']}", "kind": "appeal",
+                        "verdict": "denied", "user_id": e["user_id"], "incident_id": e["incident_id"],
+                        "moderator_id": "mod-1", "event_time_ms": at_ms}).encode() for e in enforcements]
+
+
+def from_decision(kind: str, record: dict) -> bool:
+    return (kind == "audit" and record["kind"] == "appeal") or (kind == "notification"
+                                                                 and record["topic"] == "appeal_outcome")
+
+
 def test_savepoint_of_the_older_state_layout_restores_into_the_current_job(stack, tmp_path):
     prefix = "mig-"
     topics = Topics().prefixed(prefix)
@@ -54,7 +69,15 @@ def test_savepoint_of_the_older_state_layout_restores_into_the_current_job(stack
     expected = oracle(before + after)
     want = {kind: Counter(r["record"][field] for r in expected if r["kind"] == kind)
             for kind, field in ID_FIELDS.items()}
-    assert sum(r["kind"] == "enforcement" for r in oracle(before)) < sum(want["enforcement"].values())
+    decided_before = oracle(before)
+    assert sum(r["kind"] == "enforcement" for r in decided_before) < sum(want["enforcement"].values())
+    # Incidents that made a strike (a review band's actions make none): each can be appealed.
+    enforced = [r["record"] for r in decided_before if r["kind"] == "audit" and r["record"]["outcome"] == "enforced"]
+    appeals_at_ms = json.loads(before[-1])["event_time_ms"]
+    appeals_before, appeals_after = denied_appeals(enforced[:5], appeals_at_ms), denied_appeals(enforced[5:10],
+                                                                                               appeals_at_ms)
+    appealed = Counter(e["incident_id"] for e in enforced[:10])
+    assert len(appealed) == 10
 
     ck, sp = tmp_path / "checkpoints", tmp_path / "savepoints"
     produce(stack.bootstrap, topics.alerts, before)
@@ -63,6 +86,9 @@ def test_savepoint_of_the_older_state_layout_restores_into_the_current_job(stack
     try:
         wait_for(lambda: alive_and_caught_up(old, stack.bootstrap, prefix + "job", topics.alerts), 180,
                  "the legacy job", old)
+        produce(stack.bootstrap, topics.decisions, appeals_before)  # after their strikes exist
+        wait_for(lambda: alive_and_caught_up(old, stack.bootstrap, prefix + "job", topics.decisions), 60,
+                 "the legacy job to read the appeals", old)
         old.proc.send_signal(signal.SIGTERM)
         assert old.wait(120) == 0, old.tail()
     finally:
@@ -71,18 +97,25 @@ def test_savepoint_of_the_older_state_layout_restores_into_the_current_job(stack
     [savepoint] = re.findall(r"savepoint: (\S+)", old.log.read_text())
 
     produce(stack.bootstrap, topics.alerts, after)
+    produce(stack.bootstrap, topics.decisions, appeals_after)
     new = JobProcess(job_args(stack, prefix, ck, "--restore-from", savepoint), tmp_path / "current.log")
     try:
-        wait_for(lambda: alive_and_caught_up(new, stack.bootstrap, prefix + "job", topics.alerts), 180,
-                 "the current job", new)
+        wait_for(lambda: all(alive_and_caught_up(new, stack.bootstrap, prefix + "job", topic)
+                             for topic in (topics.alerts, topics.decisions)), 180, "the current job", new)
         time.sleep(2)  # the checkpoint that committed the offsets also committed the outputs
+        extra = {"audit": len(appealed), "notification": 2 * len(appealed)}
         got = {kind: read_committed(stack.bootstrap, getattr(topics, "notifications" if kind == "notification"
-                                                             else kind), sum(want[kind].values()),
+                                                             else kind), sum(want[kind].values()) + extra.get(kind, 0),
                                     timeout_s=60, settle_s=2)
                for kind in ID_FIELDS}
     finally:
         new.kill(signal.SIGTERM)
+    # Each appeal once: the old job read the first five, the new one the other five (one read
+    # again would be dropped as a duplicate decision by the restored state).
+    assert Counter(r["record"]["incident_id"] for r in got["audit"] if from_decision("audit", r["record"])) == appealed
+    assert Counter(r["record"]["incident_id"] for r in got["notification"]
+                   if from_decision("notification", r["record"])) == Counter({i: 2 for i in appealed})
     for kind, field in ID_FIELDS.items():
-        have = Counter(r["record"][field] for r in got[kind])
+        have = Counter(r["record"][field] for r in got[kind] if not from_decision(kind, r["record"]))
         assert have == want[kind], (f"{kind}: {sum(have.values())} records, expected {sum(want[kind].values())}; "
                                     f"missing {len(want[kind] - have)}, extra {len(have - want[kind])}")
