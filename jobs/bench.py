@@ -6,7 +6,8 @@ runs it embedded in one process instead, as `make run` does.
         pre-produces a realistic mix, runs the job exactly-once from the earliest offset until
         every input offset is committed by a checkpoint (so every output of it is committed
         too); reports alerts/s, peak RSS of the job's process tree, checkpoint duration and
-        size, checkpointed state bytes per user.
+        size, checkpointed state bytes per user. `--floor python|jvm` runs the same pipeline with a
+        pass-through in place of the penalty operator (jobs/floor_job.py): what the rest costs.
     python -m jobs.bench latency [--rate 1000] [--seconds 60] [--warmup-s 0] [--delivery exactly_once]
         steady rate; alert produced -> enforcement visible to a read_committed consumer; the p99
         of each 10 s of send time shows whether a backlog of the job's warm-up drains, and the
@@ -63,10 +64,10 @@ class JobUnderTest:
         self.cluster = None
         self.job_id: str | None = None
 
-    def start(self, job_args: list[str]) -> None:
+    def start(self, job_args: list[str], module: str = "jobs.penalty_job") -> None:
         job_args = [*job_args, "--parallelism", str(self.parallelism)]
         if self.mini_cluster:
-            cmd = [sys.executable, "-m", "jobs.penalty_job", *job_args, "--checkpoint-dir", str(self.data / "checkpoints"),
+            cmd = [sys.executable, "-m", module, *job_args, "--checkpoint-dir", str(self.data / "checkpoints"),
                    "--conf", f"rest.port={self.rest_port}", "--conf", "rest.address=127.0.0.1",
                    "--conf", f"metrics.fetcher.update-interval={METRICS_FETCH_MS}"]
             log = open(self.data / "job.log", "wb")  # noqa: SIM115 - the child holds it
@@ -77,7 +78,8 @@ class JobUnderTest:
         self.cluster = flink_cluster.Cluster(self.data / "cluster", self.rest_port, localstack.free_port())
         flink_cluster.up(self.cluster, taskmanagers=self.parallelism, slots=1,
                          overrides={"metrics.fetcher.update-interval": str(METRICS_FETCH_MS)})
-        self.job_id = flink_cluster.submit(self.cluster, job_args)
+        script = flink_cluster.REPO_ROOT.joinpath(*module.split(".")).with_suffix(".py")
+        self.job_id = flink_cluster.submit(self.cluster, job_args, script)
 
     def running_job(self) -> str | None:
         """The job id once every task runs; raises if the job is gone."""
@@ -132,7 +134,10 @@ def measure_latency(args) -> dict:
         if args.checkpoint_interval_ms:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
         job_args += _passthrough(args)
-        job.start(job_args)
+        if args.floor:
+            job.start([*job_args, "--floor", args.floor], "jobs.floor_job")
+        else:
+            job.start(job_args)
         deadline = time.monotonic() + 180
         while (job_id := job.running_job()) is None:
             if time.monotonic() > deadline:
@@ -490,7 +495,10 @@ def measure_throughput(args) -> dict:
         if args.checkpoint_interval_ms:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
         job_args += _passthrough(args)
-        job.start(job_args)
+        if args.floor:
+            job.start([*job_args, "--floor", args.floor], "jobs.floor_job")
+        else:
+            job.start(job_args)
         peak_rss, started, job_id = 0, None, None
         start_usage, broker_cpu_start = Usage(0, 0.0), 0.0
         # The second half: from the first check that finds half the input committed to the end.
@@ -555,7 +563,7 @@ def measure_throughput(args) -> dict:
         full_size = last.get("full_size", last.get("state_size", 0))
         return {
             "benchmark": "throughput", "alerts": produced, "users": args.users, "zipf_s": args.zipf_s,
-            "step_ms": args.step_ms,
+            "step_ms": args.step_ms, "floor": args.floor,
             "delivery": "exactly_once", "parallelism": args.parallelism,
             "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
             "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf,
@@ -600,7 +608,8 @@ def _ms(value) -> int | None:
 
 
 def throughput_table(r: dict) -> str:
-    return (f"throughput: {r['alerts']} alerts ({r['users']} users, zipf {r['zipf_s']}) in {r['job_s']} s "
+    floor = f" [floor: {r['floor']} pass-through, no decisions]" if r.get("floor") else ""
+    return (f"throughput{floor}: {r['alerts']} alerts ({r['users']} users, zipf {r['zipf_s']}) in {r['job_s']} s "
             f"= {r['alerts_per_s']} alerts/s exactly-once, parallelism {r['parallelism']} on {r['cpus']} cpus\n"
             f"  output end offsets {r['output_end_offsets']}\n"
             f"  second half (sustained): {r['steady_alerts_per_s']} alerts/s, "
@@ -690,6 +699,9 @@ def main(argv=None) -> int:
                            help="event time between alerts; the input spans alerts x step: beyond the 24 h dedupe "
                                 "horizon the timers that forget seen ids and incidents fire during the run")
             p.add_argument("--timeout-s", type=float, default=3600)
+            p.add_argument("--floor", choices=("python", "jvm"),
+                           help="run the pipeline with a pass-through in place of the penalty operator "
+                                "(jobs/floor_job.py): what the source, exchange, router, sink and broker cost alone")
         if name in ("latency", "all"):
             p.add_argument("--rate", type=float, default=2000)
             p.add_argument("--seconds", type=float, default=60)

@@ -182,10 +182,10 @@ def up(cluster: Cluster, taskmanagers: int = 2, slots: int = 1, timeout_s: float
     raise ClusterError(f"the cluster did not report a TaskManager within {timeout_s:.0f} s; logs in {cluster.log_dir}")
 
 
-def submit(cluster: Cluster, job_args: list[str], timeout_s: float = 180.0) -> str:
-    """`flink run -d -py jobs/penalty_job.py --cluster ...`; returns the job id. The connector jars
+def submit(cluster: Cluster, job_args: list[str], script: Path = JOB_SCRIPT, timeout_s: float = 180.0) -> str:
+    """`flink run -d -py <script> --cluster ...` (the penalty job unless told); returns the job id. The connector jars
     travel with the job (the job adds them as pipeline.jars), as on any shared cluster."""
-    done = _run(cluster, [cluster.bin("flink"), "run", "-d", "-py", str(JOB_SCRIPT), "--cluster", *job_args], timeout_s)
+    done = _run(cluster, [cluster.bin("flink"), "run", "-d", "-py", str(script), "--cluster", *job_args], timeout_s)
     found = re.search(r"JobID ([0-9a-f]{32})", done.stdout + done.stderr)
     if done.returncode != 0 or not found:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])

@@ -53,17 +53,27 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
     return kafka.route_outputs(decided, "route outputs", UIDS["route"])
 
 
-def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str,
-                   shadow: tuple[bytes, str] | None = None) -> None:
+def source_stream(env: StreamExecutionEnvironment, config: JobConfig) -> DataStream:
+    """Raw records of the alerts and decisions topics, one source (read_committed, per-partition
+    watermarks)."""
     topics = config.topics
     source = kafka.alert_source(
         config.bootstrap_servers, [topics.alerts, topics.decisions], config.group_id, config.starting_offsets,
         config.bounded, config.max_payload_bytes, config.max_future_skew_ms, dict(config.source_properties),
     )
-    raw = env.from_source(
+    return env.from_source(
         source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms), "alerts source"
     ).uid(UIDS["source"])
-    decide(raw, config, policy_bytes, policy_file, shadow).sink_to(kafka.output_sink(
-        config.bootstrap_servers, topics_by_kind(topics), config.exactly_once,
+
+
+def sink_outputs(routed: DataStream, config: JobConfig) -> None:
+    """Output records Row(kind, key, value) to their topics through one Kafka sink."""
+    routed.sink_to(kafka.output_sink(
+        config.bootstrap_servers, topics_by_kind(config.topics), config.exactly_once,
         f"{config.transactional_id_prefix}-outputs", config.transaction_timeout_ms, dict(config.sink_properties),
     )).uid(UIDS["sink"]).name("outputs sink")
+
+
+def build_pipeline(env: StreamExecutionEnvironment, config: JobConfig, policy_bytes: bytes, policy_file: str,
+                   shadow: tuple[bytes, str] | None = None) -> None:
+    sink_outputs(decide(source_stream(env, config), config, policy_bytes, policy_file, shadow), config)

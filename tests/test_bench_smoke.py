@@ -34,3 +34,19 @@ def test_throughput_benchmark_smoke():
     assert result["peak_rss_mb"] > 0 and result["checkpoints"] >= 1
     assert result["jit_cpu_s"] > 0 and "alerts/s exactly-once" in done.stderr
     assert 0 < result["task_cpu_ms_per_alert"] * 3000 < result["job_cpu_s"] * 1000  # the threads were found
+
+
+@pytest.mark.parametrize("floor", ["python", "jvm"])
+def test_throughput_benchmark_floor_smoke(floor):
+    """The floors (jobs/floor_job.py): the same pipeline with a pass-through in place of the
+    penalty operator, one audit record per input record and no decisions."""
+    done = subprocess.run([sys.executable, "-m", "jobs.bench", "throughput", "--floor", floor, "--alerts", "3000",
+                           "--users", "500", "--timeout-s", "240", "--mini-cluster"],
+                          cwd=REPO, capture_output=True, text=True, check=False, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["floor"] == floor and result["completed"] and result["input_committed"] == 3000
+    outputs = result["output_end_offsets"]
+    # Every input record (malformed ones too) is one audit record; end offsets count commit markers too.
+    assert outputs["audit"] >= 3000 and outputs["enforcement"] == outputs["dlq"] == outputs["review"] == 0
+    assert result["checkpoints"] >= 1 and result["event_time_catch_up_s"] is not None
