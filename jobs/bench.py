@@ -447,16 +447,23 @@ class OperatorWatch(threading.Thread):
             if metric.get("min", -(2**63)) > -(2**62):  # every subtask has a watermark
                 self.watermark_first_s = round(time.monotonic() - self.started, 1)
 
-    def event_time_caught_up(self, timeout_s: float) -> bool:
+    def event_time_caught_up(self, timeout_s: float, unseen_s: float = 60.0) -> bool:
         """Waits until every subtask's input watermark has left Long.MIN_VALUE and its output
         watermark has reached it: the timers due by then have all fired. A job that ends a
         catch-up runs them here if event time was held through it (docs/operations.md)."""
         deadline = time.monotonic() + timeout_s
+        # A job without these metrics (no operator named "penalty decisions") has nothing to wait
+        # for: give up after unseen_s of not seeing them rather than at the timeout.
+        unseen_until = time.monotonic() + unseen_s
         while time.monotonic() < deadline:
             try:
                 got = {m["id"]: m["min"] for m in self._metrics([self.WATERMARK, self.OUTPUT_WATERMARK])}
             except (OSError, ValueError, StopIteration, KeyError):
                 got = {}
+            if self.WATERMARK in got:
+                unseen_until = float("inf")
+            elif time.monotonic() > unseen_until:
+                return False
             held = got.get(self.WATERMARK, -(2**63))
             if held > -(2**62) and got.get(self.OUTPUT_WATERMARK, -(2**63)) >= held:
                 return True

@@ -136,3 +136,17 @@ def test_the_operator_watch_sees_event_time_start_and_counts_rejections_by_reaso
         watch.done.set()
         server.shutdown()
     assert watch.watermark_first_s >= 1.0
+
+
+def test_the_operator_watch_gives_up_waiting_for_event_time_when_the_operator_has_no_watermark_metrics():
+    """A job whose operator is not named "penalty decisions" reports no such metrics: the bench
+    must not wait its whole timeout (an hour by default) for them after the input is read."""
+    server = FakeFlink()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    watch = OperatorWatch(server.server_address[1], "job-1")
+    try:
+        started = time.monotonic()
+        assert not watch.event_time_caught_up(timeout_s=60, unseen_s=0.5)
+        assert time.monotonic() - started < 10
+    finally:
+        server.shutdown()
