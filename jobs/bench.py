@@ -134,10 +134,7 @@ def measure_latency(args) -> dict:
         if args.checkpoint_interval_ms:
             job_args += ["--checkpoint-interval-ms", str(args.checkpoint_interval_ms)]
         job_args += _passthrough(args)
-        if args.floor:
-            job.start([*job_args, "--floor", args.floor], "jobs.floor_job")
-        else:
-            job.start(job_args)
+        job.start(job_args)
         deadline = time.monotonic() + 180
         while (job_id := job.running_job()) is None:
             if time.monotonic() > deadline:

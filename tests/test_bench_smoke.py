@@ -50,3 +50,15 @@ def test_throughput_benchmark_floor_smoke(floor):
     # Every input record (malformed ones too) is one audit record; end offsets count commit markers too.
     assert outputs["audit"] >= 3000 and outputs["enforcement"] == outputs["dlq"] == outputs["review"] == 0
     assert result["checkpoints"] >= 1 and result["event_time_catch_up_s"] is not None
+
+
+def test_latency_benchmark_smoke():
+    """The latency bench's path (a steady rate, each alert's enforcement timed under
+    read_committed): a short run at a low rate; every alert sent is seen. No timing assertions."""
+    done = subprocess.run([sys.executable, "-m", "jobs.bench", "latency", "--rate", "20", "--seconds", "5",
+                           "--mini-cluster"], cwd=REPO, capture_output=True, text=True, check=False, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["benchmark"] == "latency" and result["delivery"] == "exactly_once"
+    assert result["sent"] == result["seen"] == 100
+    assert 0 < result["p50_s"] <= result["p99_s"] <= result["max_s"]
