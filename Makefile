@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup  ## the job on the embedded default (mini-cluster + local broker + Redis) with demo traffic
-	@$(PY) -m jobs.run_local $(ARGS)
+	@$(PY) -m devtools.run_local $(ARGS)
 
 test: setup  ## the whole suite: pure, mini-cluster and real-stack tests
 	@$(PY) -m pytest -q $(ARGS)
@@ -17,24 +17,24 @@ test-fast: setup  ## pure tests only (no JVM, no broker)
 	@$(PY) -m pytest -q -m "not minicluster and not stack" $(ARGS)
 
 bench: setup  ## throughput (1M alerts) and latency of the whole job on the local stack (not a test)
-	@$(PY) -m jobs.bench all $(ARGS)
+	@$(PY) -m devtools.bench all $(ARGS)
 
 stack: setup  ## broker + Redis in the background on 19092 / 16379
-	@$(PY) -m jobs.localstack up
+	@$(PY) -m devtools.localstack up
 
 cluster: setup  ## local standalone Flink cluster + broker + Redis, job submitted with `flink run -py`
-	@$(PY) -m jobs.localstack status | grep -q kafka || $(PY) -m jobs.localstack up
-	@$(PY) -m jobs.cluster up
-	@$(PY) -m jobs.cluster submit -- --bootstrap-servers 127.0.0.1:19092 $(ARGS)
+	@$(PY) -m devtools.localstack status | grep -q kafka || $(PY) -m devtools.localstack up
+	@$(PY) -m devtools.cluster up
+	@$(PY) -m devtools.cluster submit -- --bootstrap-servers 127.0.0.1:19092 $(ARGS)
 
 cluster-stop:  ## stop the cluster's jobs with a savepoint, then the cluster, broker and Redis
-	@$(PY) -m jobs.cluster stop-job || true
-	@$(PY) -m jobs.cluster down
-	@$(PY) -m jobs.localstack down
+	@$(PY) -m devtools.cluster stop-job || true
+	@$(PY) -m devtools.cluster down
+	@$(PY) -m devtools.localstack down
 
 stop:  ## stop what `make stack` or an interrupted run left behind
-	@if [ -x $(PY) ] && [ -d .run/cluster/pids ]; then $(PY) -m jobs.cluster down; fi
-	@if [ -x $(PY) ]; then $(PY) -m jobs.localstack down; fi
+	@if [ -x $(PY) ] && [ -d .run/cluster/pids ]; then $(PY) -m devtools.cluster down; fi
+	@if [ -x $(PY) ]; then $(PY) -m devtools.localstack down; fi
 
 lint: setup
 	@.venv/bin/ruff check . 2>/dev/null || echo "ruff is in the dev extra: .venv/bin/pip install -e '.[dev]'"

@@ -178,6 +178,25 @@ def keyed_by_user(raw: DataStream, name: str, uid: str) -> KeyedStream:
     return KeyedStream(j_keyed, RAW_ALERT_TYPE, raw)
 
 
+BUNDLE_TYPE = Types.PRIMITIVE_ARRAY(Types.BYTE())  # one bundle of raw records (connectors/bundles.py)
+
+
+def bundled_by_shard(raw: DataStream, name: str, uid: str, topics: list[str], max_parallelism: int,
+                     bundle_records: int, bundle_ms: int) -> KeyedStream:
+    """Raw records packed into bundles in the JVM (ShardBundler, chained to the source), one per
+    key group of the payload's user id, and keyed by that key group's shard key: the keyed Python
+    operator behind it is entered once per bundle and reads each user's own keyed state, which
+    lives in that same key group. `topics` are indexed by the bundle's topic byte."""
+    gateway = get_gateway()
+    bundled_type = Types.ROW([Types.STRING(), BUNDLE_TYPE])
+    bundler = _new("penalty.connectors.ShardBundler", _string_array(topics), max_parallelism, bundle_records,
+                   bundle_ms)
+    j_bundled = raw._j_data_stream.transform(name, bundled_type.get_java_type_info(), bundler)
+    j_bundled.uid(uid)
+    j_keyed = j_bundled.keyBy(gateway.jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, BUNDLE_TYPE, raw)
+
+
 def route_outputs(decided: DataStream, name: str, uid: str) -> DataStream:
     """The Python operator's per-record output arrays (jobs/operators.OUTPUT_TYPE) routed in the
     JVM (OutputRouter): output records as Row(kind, key, value) (OUTPUT_RECORD_TYPE), metric
@@ -228,12 +247,14 @@ def output_sink(
 
 
 __all__ = [
+    "BUNDLE_TYPE",
     "OUTPUT_RECORD_TYPE",
     "RAW_ALERT_TYPE",
     "ConnectorError",
     "Duration",
     "alert_source",
     "alert_watermarks",
+    "bundled_by_shard",
     "jar_urls",
     "keyed_by_user",
     "output_sink",

@@ -53,6 +53,14 @@ class JobConfig:
     starting_offsets: str = "committed"  # committed (falls back to earliest) | earliest | latest
     bounded: bool = False  # stop at the offsets that are latest at start (tests, replays)
     parallelism: int = 2
+    # The keyed operator's number of key groups: fixed for the life of the job's state (a savepoint
+    # restores only at the same value), and the most subtasks it can scale to. 128 is what Flink
+    # chose by itself for jobs before it was pinned, so their savepoints restore.
+    max_parallelism: int = 128
+    # Records enter the Python operator in bundles (one per key group of their users), flushed at
+    # this many buffered records or this long after the first, and always before a checkpoint.
+    bundle_records: int = 2000
+    bundle_ms: int = 20
     dedupe_horizon_ms: int = DAY_MS
     incident_window_ms: int = 60_000
     max_out_of_orderness_ms: int = 5_000
@@ -93,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--starting-offsets", choices=("committed", "earliest", "latest"), default=d.starting_offsets)
     parser.add_argument("--bounded", action="store_true", help="stop at the end of the input present at start")
     parser.add_argument("--parallelism", type=int, default=d.parallelism)
+    parser.add_argument("--max-parallelism", type=int, default=d.max_parallelism,
+                        help="key groups of the keyed operator; a savepoint restores only at the same value")
+    parser.add_argument("--bundle-records", type=int, default=d.bundle_records,
+                        help="records buffered (over all key groups) before a bundle flush")
+    parser.add_argument("--bundle-ms", type=int, default=d.bundle_ms,
+                        help="at most this long between a record's arrival and its bundle's flush")
     parser.add_argument("--dedupe-horizon-ms", type=int, default=d.dedupe_horizon_ms)
     parser.add_argument("--incident-window-ms", type=int, default=d.incident_window_ms)
     parser.add_argument("--max-out-of-orderness-ms", type=int, default=d.max_out_of_orderness_ms)
@@ -129,6 +143,8 @@ def from_args(args: argparse.Namespace) -> JobConfig:
     kafka = _pairs("--kafka-property", args.kafka_property)
     if args.state_cache_users < 0:
         raise SystemExit(f"--state-cache-users must be 0 (off) or more, got {args.state_cache_users}")
+    if args.max_parallelism < 1 or args.bundle_records < 1 or args.bundle_ms < 0:
+        raise SystemExit("--max-parallelism and --bundle-records must be 1 or more, --bundle-ms 0 or more")
     if args.checkpoint_interval_ms is not None:
         conf.append(("execution.checkpointing.interval", f"{args.checkpoint_interval_ms}ms"))
     if args.checkpoint_dir:
@@ -145,6 +161,9 @@ def from_args(args: argparse.Namespace) -> JobConfig:
         starting_offsets=args.starting_offsets,
         bounded=args.bounded,
         parallelism=args.parallelism,
+        max_parallelism=args.max_parallelism,
+        bundle_records=args.bundle_records,
+        bundle_ms=args.bundle_ms,
         dedupe_horizon_ms=args.dedupe_horizon_ms,
         incident_window_ms=args.incident_window_ms,
         max_out_of_orderness_ms=args.max_out_of_orderness_ms,

@@ -52,6 +52,7 @@ def settings_for(config: JobConfig, embedded: bool) -> dict[str, str]:
         # slot per subtask. Clusters keep one slot per TaskManager (flink-conf).
         settings["taskmanager.numberOfTaskSlots"] = str(config.parallelism)
     settings["parallelism.default"] = str(config.parallelism)
+    settings["pipeline.max-parallelism"] = str(config.max_parallelism)
     if not config.exactly_once:
         # At-least-once output does not need aligned barriers. With them, a subtask that got a
         # checkpoint barrier on one input stops reading it until the barrier arrives on every
@@ -92,5 +93,6 @@ def create_env(config: JobConfig, embedded: bool = True):
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(config.parallelism)
+    env.set_max_parallelism(config.max_parallelism)
     env.add_jars(*kafka.jar_urls())
     return env

@@ -1,9 +1,14 @@
-"""The job's one Python operator, a thin adapter around the pure code: parse the raw record
-(alert or moderator decision), load the user's state, call the core, store state, set the one
-timer the core asks for, emit what it returned. No decision logic lives here.
+"""The job's one Python operator, a thin adapter around the pure code: for each record of a bundle,
+parse it (alert or moderator decision), load the user's state, call the core, store state, set the
+one timer the core asks for, and collect what it returned. No decision logic lives here.
 
-Keying happens in the JVM (connectors/java UserKeyExtractor), so no Python runs before this
-operator: each record crosses from Java to Python once."""
+Records arrive in bundles (connectors/bundles.py), packed in the JVM by ShardBundler: one bundle
+per key group of its users, keyed by that key group's shard key, so Python is entered once per
+bundle and answers with one array of outputs per bundle. Each user's state and timer stay keyed by
+the user id, as before bundling (savepoints restore unchanged): the operator points the keyed
+backend at each record's user (`KeySwitch`), which is legal because every user of a bundle is in
+the bundle's key group, one this subtask owns.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
+from connectors import bundles
 from connectors.alerts import (
     MAX_RAW_BYTES,
     Alert,
@@ -21,6 +27,7 @@ from connectors.alerts import (
     parse_alert,
 )
 from connectors.decisions import parse_decision
+from jobs.bundle_writes import BundleWrites
 from jobs.user_store import (
     ENTRIES_STATE,
     LEGACY_LEDGER_STATE,
@@ -34,10 +41,10 @@ from rules.core import CoreConfig, PenaltyCore
 from rules.loader import parse_policy
 from rules.records import Output, dead_letter
 
-# Everything one input record produced, as one array of (kind, a, b) string triples: output
-# records (kind = rules.records kind, key, value), counter increments ("count", name, "") and
+# Everything one bundle produced, as one array of (kind, a, b) string triples: output records
+# (kind = rules.records kind, key, value), counter increments ("count", name, n; "" is 1) and
 # decision times ("latency", event_time_ms, ""). The JVM routes it (connectors/java OutputRouter):
-# one crossing from Python per input record instead of one per output record and per counter.
+# one crossing from Python per bundle instead of one per output record and per counter.
 OUTPUT_TYPE = Types.BASIC_ARRAY(Types.STRING())
 
 
@@ -52,8 +59,16 @@ def emit(out: list, output: Output) -> None:
     out += (output.kind, output.key, encode_record(output.record))
 
 
-def count(out: list, name: str) -> None:
-    out += ("count", name, "")
+class Counts(dict):
+    """Counter increments of one bundle, emitted once each at its end."""
+
+    def add(self, name: str) -> None:
+        self[name] = self.get(name, 0) + 1
+
+    def emit(self, out: list) -> None:
+        for name, n in self.items():
+            out += ("count", name, "" if n == 1 else str(n))
+        self.clear()
 
 
 # Core events that dead-letter an alert are counted as the rejection they are, so that every DLQ
@@ -79,24 +94,72 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-class PenaltyFunction(KeyedProcessFunction):
-    """Keyed by user_id: parse and validate, dedupe, incidents, strike ledger and rules, appeals
-    and review verdicts. Input: raw records (RAW_ALERT_TYPE) of the alerts and decisions topics."""
+def max_parallelism_of(runtime_context) -> int:
+    """The operator's number of key groups. (PyFlink 2.0's get_max_number_of_parallel_subtasks
+    calls a Java method that moved to TaskInfo.)"""
+    java = getattr(runtime_context, "_runtime_context", None)
+    if java is not None:
+        return java.getTaskInfo().getMaxNumberOfParallelSubtasks()
+    return runtime_context.get_max_number_of_parallel_subtasks()
 
-    def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig, decisions_topic: str,
+
+class KeySwitch:
+    """Points the keyed state backend (state and timers) at one user: Row(user_id), the key Flink's
+    own key-by gave each user before bundling. Only for users of the bundle's key group."""
+
+    def __init__(self, backend):
+        from pemja import findClass  # the thread-mode bridge into the TaskManager's JVM
+
+        self.backend, self.row_class, self.current = backend, findClass("org.apache.flink.types.Row"), None
+
+    @classmethod
+    def of(cls, runtime_context) -> KeySwitch:
+        # PyFlink keeps the Java keyed state backend behind its Python wrapper; no public accessor.
+        return cls(runtime_context._keyed_state_backend._keyed_state_backend)
+
+    def switch(self, user_id: str) -> None:
+        if user_id != self.current:
+            key = self.row_class.withPositions(1)  # a new Row each time: the backend keeps it
+            key.setField(0, user_id)
+            self.backend.setCurrentKey(key)
+            self.current = user_id
+
+    def assume(self, user_id: str) -> None:
+        """Flink has set this user's key itself (a timer firing)."""
+        self.current = user_id
+
+    def reset(self) -> None:
+        """Flink sets the key of the next record or timer itself; forget ours."""
+        self.current = None
+
+
+class PenaltyFunction(KeyedProcessFunction):
+    """Bundles keyed by shard; per record, keyed by user_id: parse and validate, dedupe, incidents,
+    strike ledger and rules, appeals and review verdicts. Input: bundles of raw records of the
+    alerts and decisions topics (`topics`, in the bundler's topic order)."""
+
+    def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig, topics: tuple[str, str],
                  max_payload_bytes: int, max_future_skew_ms: int,
-                 shadow_bytes: bytes | None = None, shadow_file: str | None = None, state_cache_users: int = 0):
+                 shadow_bytes: bytes | None = None, shadow_file: str | None = None, state_cache_users: int = 0,
+                 max_parallelism: int | None = None):
         self.policy_bytes = policy_bytes
         self.policy_file = policy_file
         self.core_config = core_config
-        self.decisions_topic = decisions_topic
+        self.topics = tuple(topics)
         self.max_payload_bytes = max_payload_bytes
         self.max_future_skew_ms = max_future_skew_ms
         self.shadow_bytes = shadow_bytes
         self.shadow_file = shadow_file
         self.state_cache_users = state_cache_users
+        self.max_parallelism = max_parallelism
 
     def open(self, runtime_context: RuntimeContext):
+        running = max_parallelism_of(runtime_context) if self.max_parallelism is not None else None
+        if running != self.max_parallelism:
+            raise RuntimeError(
+                f"the operator runs with max parallelism {running} but "
+                f"its bundles were cut for {self.max_parallelism}: set pipeline.max-parallelism and --max-parallelism "
+                "to the same value (the savepoint's)")
         policy = parse_policy(self.policy_bytes, self.policy_file)
         self.core = PenaltyCore(policy, self.core_config)
         self.shadow = None
@@ -112,46 +175,57 @@ class PenaltyFunction(KeyedProcessFunction):
             {name: runtime_context.get_map_state(MapStateDescriptor(state_name, Types.STRING(), Types.STRING()))
              for name, state_name in LEGACY_MAP_STATES.items()},
         )
-        self.users = UserStore(runtime_context.get_map_state(string_map), self.state_cache_users,
-                               self.core_config.incident_window_ms, legacy)
+        self.keys = runtime_context.key_switch() if hasattr(runtime_context, "key_switch") else KeySwitch.of(runtime_context)
+        # Writes and timer moves wait for the end of the bundle: each user touched once per bundle.
+        self.writes = BundleWrites(runtime_context.get_map_state(string_map), self.keys.switch)
+        self.users = UserStore(self.writes, self.state_cache_users, self.core_config.incident_window_ms, legacy)
+        self.counts = Counts()
         tune_gc()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         out: list[str] = []
-        self._process(value, ctx, out)
+        timers = ctx.timer_service()
+        watermark_ms = timers.current_watermark()
+        for record in bundles.records(value):
+            self._process(record, watermark_ms, out)
+        self.writes.flush(timers)
+        self.keys.reset()
+        self.counts.emit(out)
         if out:
             yield out
 
-    def _process(self, value, ctx: KeyedProcessFunction.Context, out: list) -> None:
-        topic, partition, offset, timestamp_ms, payload, size, _ = value
+    def _process(self, record: bundles.BundledRecord, watermark_ms: int, out: list) -> None:
+        topic_index, partition, offset, timestamp_ms, size, key, payload = record
+        topic = self.topics[topic_index] if 0 <= topic_index < len(self.topics) else None
         source = Source(topic, partition, offset, timestamp_ms)
-        is_decision = topic == self.decisions_topic
+        counts = self.counts
+        is_decision = topic_index == 1
         if is_decision:
-            count(out, "decisions_in")
+            counts.add("decisions_in")
             result = parse_decision(payload, source)
         else:
-            count(out, "alerts_in")
+            counts.add("alerts_in")
             result = parse_alert(payload, source, size, self.max_payload_bytes, self.max_future_skew_ms)
-        if not isinstance(result, Rejection) and result.user_id != ctx.get_current_key():
+        if not isinstance(result, Rejection) and result.user_id != key:
             # Keyed in Java from the payload: only a payload the two JSON readers read differently
             # gets here. Never decide it under another user's state.
-            result = Rejection("schema", f"user_id: the key extractor read {ctx.get_current_key()!r}",
+            result = Rejection("schema", f"user_id: the key extractor read {key!r}",
                                bytes(payload)[:MAX_RAW_BYTES], size, source, None)
         if isinstance(result, Rejection):
-            count(out, "decisions_rejected" if is_decision else f"alerts_rejected.{result.reason}")
+            counts.add("decisions_rejected" if is_decision else f"alerts_rejected.{result.reason}")
             emit(out, dead_letter(
                 reason=result.reason, detail=result.detail, raw=result.raw, size_bytes=result.size_bytes,
                 topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,
             ))
             return
-        cached = self.users.load(result.user_id)
+        self.writes.user = key
+        cached = self.users.load(key)
         previous = cached.state
         if is_decision:
-            self._apply(cached, self.core.on_decision(previous, result), ctx, out)
+            self._apply(cached, self.core.on_decision(previous, result), out)
             return
-        count(out, "alerts_valid")
+        counts.add("alerts_valid")
         alert: Alert = result
-        watermark_ms = ctx.timer_service().current_watermark()
         step = self.core.on_alert(previous, alert, watermark_ms)
         if any(output.kind in DECISION_KINDS for output in step.outputs):
             out += ("latency", str(alert.event_time_ms), "")
@@ -159,24 +233,30 @@ class PenaltyFunction(KeyedProcessFunction):
         if self.shadow is not None:  # reads the state before the live step is written
             audit, event = shadow.compare(self.shadow, self.core.policy.version, previous, alert, watermark_ms, step)
             if audit is not None:
-                count(out, event)
-        self._apply(cached, step, ctx, out)
+                counts.add(event)
+        self._apply(cached, step, out)
         if audit is not None:
             emit(out, audit)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
-        user_id = ctx.get_current_key()
+        user_id = ctx.get_current_key()  # timers are registered under users' own keys
+        self.keys.assume(user_id)
+        self.writes.user = user_id
         cached = self.users.load(user_id)
         out: list[str] = []
+        timers = ctx.timer_service()
         # Flink sets the watermark before it fires what is due, so everything up to it can go in
         # this one firing: after a jump (the watermark held through a catch-up, then released)
         # each user's timer fires once, not once per due time in a chain of re-registrations.
-        now_ms = max(timestamp, ctx.timer_service().current_watermark())
-        self._apply(cached, self.core.on_timer(cached.state, user_id, now_ms), ctx, out)
+        now_ms = max(timestamp, timers.current_watermark())
+        self._apply(cached, self.core.on_timer(cached.state, user_id, now_ms), out)
+        self.writes.flush(timers)
+        self.keys.reset()
+        self.counts.emit(out)
         if out:
             yield out
 
-    def _apply(self, cached: CachedUser, step, ctx, out: list) -> None:
+    def _apply(self, cached: CachedUser, step, out: list) -> None:
         previous = cached.state
         if step.state is not previous:
             if step.state is None:
@@ -187,12 +267,8 @@ class PenaltyFunction(KeyedProcessFunction):
         old_wake = previous.next_wake_ms() if previous is not None else None
         new_wake = step.state.next_wake_ms() if step.state is not None else None
         if old_wake != new_wake:
-            timers = ctx.timer_service()
-            if old_wake is not None:
-                timers.delete_event_time_timer(old_wake)
-            if new_wake is not None:
-                timers.register_event_time_timer(new_wake)
+            self.writes.move_timer(old_wake, new_wake)
         for name in step.events:
-            count(out, EVENT_COUNTERS.get(name, name))
+            self.counts.add(EVENT_COUNTERS.get(name, name))
         for output in step.outputs:
             emit(out, output)

@@ -1,9 +1,10 @@
 """Wiring of the penalty job: build_pipeline(env, config) builds the graph, nothing runs here.
 
     alerts + decisions topics --one source (read_committed, per-partition watermarks)-->
-      --key by user_id (in the JVM)--> penalty decisions (one Python operator: parse and
-                                       validate, dedupe, incidents, ledger, rules, appeals and
-                                       review verdicts; one array of outputs per input record)
+      --bundle by shard (in the JVM: one bundle per key group of the users, keyed by that group's
+        shard key)--> penalty decisions (one Python operator, entered once per bundle: per record,
+                      under the user's own key, parse and validate, dedupe, incidents, ledger,
+                      rules, appeals and review verdicts; one array of outputs per bundle)
           --> route outputs (in the JVM: Row(kind, key, value) records, metric events to counters)
           --> one Kafka sink: enforcement | notifications | audit | review | alerts.dlq by kind
 
@@ -23,7 +24,7 @@ from rules.core import CoreConfig
 
 UIDS = {
     "source": "alerts-source",
-    "key": "key-by-user",
+    "bundle": "bundle-by-shard",  # stateless; jobs before bundling had "key-by-user" here
     "penalty": "penalty-decisions",
     "route": "route-outputs",
     "sink": "sink-outputs",
@@ -42,11 +43,13 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
     timestamps) -> output records Row(kind, key, value) (kafka.OUTPUT_RECORD_TYPE). Shared by the
     Kafka job and the mini-cluster tests."""
     core_config = CoreConfig(config.dedupe_horizon_ms, config.incident_window_ms)
+    topics = (config.topics.alerts, config.topics.decisions)
     decided = (
-        kafka.keyed_by_user(raw, "key by user", UIDS["key"])
-        .process(PenaltyFunction(policy_bytes, policy_file, core_config, config.topics.decisions,
+        kafka.bundled_by_shard(raw, "bundle by shard", UIDS["bundle"], list(topics), config.max_parallelism,
+                               config.bundle_records, config.bundle_ms)
+        .process(PenaltyFunction(policy_bytes, policy_file, core_config, topics,
                                  config.max_payload_bytes, config.max_future_skew_ms, *(shadow or (None, None)),
-                                 state_cache_users=config.state_cache_users),
+                                 state_cache_users=config.state_cache_users, max_parallelism=config.max_parallelism),
                  output_type=OUTPUT_TYPE)
         .uid(UIDS["penalty"]).name("penalty decisions")
     )

@@ -76,6 +76,13 @@ class PrefixedView:
         return self.state.get(self.prefix + key)
 
 
+# Entries one map of one cached user keeps in memory. A repeat offender writes several entries
+# per alert (seen ids, incidents, expiry entries), and forgotten ones stay known as absent: without
+# a bound the cache of a hot user grows with its history. Past the bound the map forgets what it
+# knew and reads from state again (one lookup per miss), so memory per user stays small.
+MAX_KNOWN_ENTRIES = 512
+
+
 class CachedMap:
     """One map of one user: entries known in memory, the rest read from state on demand (decoded
     with the map's codec) unless the map is complete."""
@@ -96,10 +103,19 @@ class CachedMap:
         text = self.state.get(key)
         value = None if text is None else self.decode(text)
         self.known[key] = value
+        if len(self.known) > MAX_KNOWN_ENTRIES:
+            self.forget()
         return value
+
+    def forget(self) -> None:
+        """Drop what is known; from now on every miss is read from state."""
+        self.known = {}
+        self.complete = False
 
     def written(self, key: str, value: Any) -> None:
         self.known[key] = None if value is DELETED else value
+        if len(self.known) > MAX_KNOWN_ENTRIES:
+            self.forget()
 
 
 class CachedUser:
@@ -146,19 +162,27 @@ class UserStore:
         cached maps. (A step that started from no state built its maps over empty dicts, which
         never see the writes.)"""
         maps, puts, remove = cached.maps, {}, self.entries.remove
+        clean: dict[str, Layered] = {}  # the views to replace: only maps with changes or a stale base
         # The loop of UserState.flush inlined: ~4 entries per alert, each a call less.
-        for name, changes in state.pending():
-            prefix, encode, known = ENTRY_PREFIX[name], CODECS[name][0], maps[name].known
-            for key, value in changes.items():
-                if value is DELETED:
-                    remove(prefix + key)
-                    known[key] = None
-                else:
-                    puts[prefix + key] = encode(value)
-                    known[key] = value
+        for name in MAP_NAMES:
+            layered, cached_map = getattr(state, name), maps[name]
+            changes = layered.changes
+            if changes:
+                prefix, encode, known = ENTRY_PREFIX[name], CODECS[name][0], cached_map.known
+                for key, value in changes.items():
+                    if value is DELETED:
+                        remove(prefix + key)
+                        known[key] = None
+                    else:
+                        puts[prefix + key] = encode(value)
+                        known[key] = value
+                if len(known) > MAX_KNOWN_ENTRIES:
+                    cached_map.forget()
+            if changes or layered.base is not cached_map:
+                clean[name] = Layered(cached_map)
         puts[LEDGER_KEY] = state.encode()
         self.entries.put_all(puts)
-        cached.state = state.with_(**{name: Layered(maps[name]) for name in MAP_NAMES})
+        cached.state = state.with_(**clean)
 
     def clear(self, cached: CachedUser) -> None:
         """The user has nothing left: delete their state; the cache knows there is none."""

@@ -48,7 +48,7 @@ def core(policy):
 @pytest.fixture(scope="session")
 def stack():
     """noida-db + redis-server on free loopback ports for the whole session."""
-    from jobs import localstack
+    from devtools import localstack
 
     data_dir = Path(tempfile.mkdtemp(prefix="penalty-stack-"))
     running = localstack.start_stack(data_dir)

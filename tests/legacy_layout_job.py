@@ -26,17 +26,23 @@ from rules import ledger
 
 
 class LegacyUsers:
-    """Format-3 storage with the current store's interface (load, store, clear); no cache."""
+    """Format-3 storage with the current store's interface (load, store, clear); no cache. Writes go
+    to Flink at once, under the user's key (`switch` points the keyed backend at it)."""
 
-    def __init__(self, ledger_state, maps: dict, incident_window_ms: int):
+    def __init__(self, ledger_state, maps: dict, incident_window_ms: int, switch):
         self.ledger, self.maps, self.incident_window_ms = ledger_state, maps, incident_window_ms
+        self.switch, self.user_id = switch, None
 
     def load(self, user_id: str) -> CachedUser:
+        self.switch(user_id)
+        self.user_id = user_id
         text = self.ledger.value()
         maps = {name: CachedMap(self.maps[name], ledger.CODECS[name][1], complete=not text) for name in ledger.MAP_NAMES}
         return CachedUser(ledger.UserState.decode(text, maps, self.incident_window_ms), maps)
 
     def store(self, cached: CachedUser, state: ledger.UserState) -> None:
+        self.switch(self.user_id)
+
         def write(name, key, value):
             if value is ledger.DELETED:
                 self.maps[name].remove(key)
@@ -50,6 +56,7 @@ class LegacyUsers:
         cached.state = state.with_(**{name: ledger.Layered(cached.maps[name]) for name in ledger.MAP_NAMES})
 
     def clear(self, cached: CachedUser) -> None:
+        self.switch(self.user_id)
         self.ledger.clear()
         for state in self.maps.values():
             state.clear()
@@ -65,7 +72,7 @@ class LegacyLayoutFunction(PenaltyFunction):
         ledger_state = runtime_context.get_state(ValueStateDescriptor(LEGACY_LEDGER_STATE, Types.STRING()))
         maps = {name: runtime_context.get_map_state(MapStateDescriptor(state, Types.STRING(), Types.STRING()))
                 for name, state in LEGACY_MAP_STATES.items()}
-        self.users = LegacyUsers(ledger_state, maps, self.core_config.incident_window_ms)
+        self.users = LegacyUsers(ledger_state, maps, self.core_config.incident_window_ms, self.keys.switch)
         print("operator storing the format-3 layout", flush=True)  # the test checks the operator ran
 
 

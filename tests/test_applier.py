@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 
+from devtools.localstack import create_topics, free_port, start_redis
 from jobs.config import Topics
-from jobs.localstack import create_topics, free_port, start_redis
 from rules.simulate import run as simulate
 from sinks.applier import COMMANDS, Applier, run
 
@@ -67,7 +67,7 @@ def test_apply_gives_the_state_stream_servers_read_and_ignores_stale_records(cli
 
 
 def test_replaying_the_enforcement_topic_twice_leaves_redis_identical(stack, client, policy):
-    from jobs.generator import AlertGenerator
+    from devtools.generator import AlertGenerator
 
     topics = Topics().prefixed("apply-")
     create_topics(stack.bootstrap, topics.partitions())

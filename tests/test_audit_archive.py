@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from devtools.localstack import create_topics
 from jobs.config import Topics
-from jobs.localstack import create_topics
 from sinks.audit import Archive, archive, verify
 
 from .conftest import REPO

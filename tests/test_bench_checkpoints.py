@@ -1,6 +1,6 @@
 """What the benches read of a running job on Flink's REST API, against a small HTTP server that
 answers like Flink:
-- the latency bench's record of checkpoints (jobs.bench.CheckpointWatch) from
+- the latency bench's record of checkpoints (devtools.bench.latency.CheckpointWatch) from
   `/jobs/<id>/checkpoints`: its history keeps only the latest few checkpoints, so the watch must
   collect them as they pass, once each, completed ones only;
 - the throughput bench's OperatorWatch: when the operator's input watermark first leaves
@@ -14,7 +14,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from jobs.bench import CheckpointWatch, OperatorWatch
+from devtools.bench.latency import CheckpointWatch
+from devtools.bench.throughput import OperatorWatch
 
 
 def checkpoint(checkpoint_id: int, status: str = "COMPLETED") -> dict:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_throughput_benchmark_smoke():
-    done = subprocess.run([sys.executable, "-m", "jobs.bench", "throughput", "--alerts", "3000", "--users", "500",
+    done = subprocess.run([sys.executable, "-m", "devtools.bench", "throughput", "--alerts", "3000", "--users", "500",
                            "--timeout-s", "240", "--mini-cluster"], cwd=REPO, capture_output=True, text=True, check=False, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -36,11 +36,11 @@ def test_throughput_benchmark_smoke():
     assert 0 < result["task_cpu_ms_per_alert"] * 3000 < result["job_cpu_s"] * 1000  # the threads were found
 
 
-@pytest.mark.parametrize("floor", ["python", "jvm"])
+@pytest.mark.parametrize("floor", ["python", "python-bundled", "jvm"])
 def test_throughput_benchmark_floor_smoke(floor):
-    """The floors (jobs/floor_job.py): the same pipeline with a pass-through in place of the
+    """The floors (devtools/bench/floor_job.py): the same pipeline with a pass-through in place of the
     penalty operator, one audit record per input record and no decisions."""
-    done = subprocess.run([sys.executable, "-m", "jobs.bench", "throughput", "--floor", floor, "--alerts", "3000",
+    done = subprocess.run([sys.executable, "-m", "devtools.bench", "throughput", "--floor", floor, "--alerts", "3000",
                            "--users", "500", "--timeout-s", "240", "--mini-cluster"],
                           cwd=REPO, capture_output=True, text=True, check=False, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -55,7 +55,7 @@ def test_throughput_benchmark_floor_smoke(floor):
 def test_latency_benchmark_smoke():
     """The latency bench's path (a steady rate, each alert's enforcement timed under
     read_committed): a short run at a low rate; every alert sent is seen. No timing assertions."""
-    done = subprocess.run([sys.executable, "-m", "jobs.bench", "latency", "--rate", "20", "--seconds", "5",
+    done = subprocess.run([sys.executable, "-m", "devtools.bench", "latency", "--rate", "20", "--seconds", "5",
                            "--mini-cluster"], cwd=REPO, capture_output=True, text=True, check=False, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import bench
-from jobs import cluster as flink_cluster
+from devtools import cluster as flink_cluster
+from devtools.bench import job_under_test
+from devtools.localstack import create_topics, free_port
 from jobs.config import Topics
-from jobs.localstack import create_topics, free_port
 
 from .conftest import alert_bytes
 from .stack_helpers import produce, read_committed
@@ -104,7 +104,7 @@ def test_submit_to_standalone_cluster_metrics_and_savepoint(stack, tmp_path):
 
         # What the bench reads of a cluster's processes (its smoke run uses the mini-cluster):
         # the operator's task threads and the JIT compilers are found by name.
-        usages = [bench.tree_usage(pid, threads=True) for pid in flink_cluster._alive_pids(cluster.root / "pids")]
+        usages = [job_under_test.tree_usage(pid, threads=True) for pid in flink_cluster._alive_pids(cluster.root / "pids")]
         assert sum(u.task_cpu_s for u in usages) > 0 and sum(u.jit_cpu_s for u in usages) > 0
 
         savepoint = flink_cluster.stop_job(cluster, job_id, tmp_path / "savepoints")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobs.generator import AlertGenerator
+from devtools.generator import AlertGenerator
 from rules import compact_json
 from rules.simulate import run
 

@@ -164,7 +164,7 @@ def test_state_survives_encode_decode(core):
 
 
 def test_replay_is_byte_identical(policy):
-    from jobs.generator import AlertGenerator
+    from devtools.generator import AlertGenerator
 
     lines = list(AlertGenerator(seed=3, users=50, start_ms=T0_MS, step_ms=3_600_000).payloads(3000))
     lines.append(alert_bytes(alert_id="extra"))

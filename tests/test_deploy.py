@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cluster import parse_properties
+from devtools.cluster import parse_properties
 from jobs.flink_env import load_flink_conf
 
 REPO = Path(__file__).resolve().parent.parent

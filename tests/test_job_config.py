@@ -52,7 +52,7 @@ def test_a_malformed_key_value_flag_is_refused_with_its_name(flag, bad):
 
 
 def test_the_bench_reports_the_interval_the_job_runs_with():
-    from jobs.bench import checkpoint_interval_ms
+    from devtools.bench.job_under_test import checkpoint_interval_ms
 
     def args(delivery="exactly_once", interval=None, conf=()):
         return argparse.Namespace(delivery=delivery, checkpoint_interval_ms=interval, conf=list(conf),

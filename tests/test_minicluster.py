@@ -76,7 +76,7 @@ def canonical(records: list[dict]) -> list[str]:
 def test_operator_and_simulate_agree_including_timer_expiry(state_cache_users):
     """Also with the read cache evicting at every other user (1) and off (0): the cache changes
     where reads come from, never what the job decides."""
-    from jobs.generator import AlertGenerator, Mix
+    from devtools.generator import AlertGenerator, Mix
 
     # 4 hours of event time between alerts: over 2,000 alerts strikes of 30 and 90 days expire
     # by the operator's timers while the stream runs, and the rest when the input ends.

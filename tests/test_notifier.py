@@ -10,8 +10,8 @@ import re
 import pytest
 import redis
 
+from devtools.localstack import create_topics, free_port
 from jobs.config import Topics
-from jobs.localstack import create_topics, free_port
 from rules.simulate import run as simulate
 from sinks.notifier import (
     AppealTokenError,

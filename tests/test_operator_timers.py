@@ -14,6 +14,7 @@ import json
 
 import pytest
 
+from connectors import bundles
 from jobs.config import DEFAULT_RULES
 from jobs.operators import PenaltyFunction, encode_record
 from rules.core import CoreConfig
@@ -77,6 +78,22 @@ class FakeContext:
     def get_current_key(self):
         return self.key
 
+    def key_switch(self):
+        """What the operator's KeySwitch does to the JVM's keyed backend: the current key."""
+        ctx = self
+
+        class Switch:
+            def switch(self, user_id):
+                ctx.key = user_id
+
+            def assume(self, user_id):
+                assert ctx.key == user_id
+
+            def reset(self):
+                pass
+
+        return Switch()
+
     def timer_service(self):
         return self
 
@@ -116,7 +133,7 @@ class FakeContext:
 def operator_and_context():
     thresholds = gc.get_threshold()
     ctx = FakeContext()
-    operator = PenaltyFunction(DEFAULT_RULES.read_bytes(), DEFAULT_RULES.name, CoreConfig(), "decisions",
+    operator = PenaltyFunction(DEFAULT_RULES.read_bytes(), DEFAULT_RULES.name, CoreConfig(), ("alerts", "decisions"),
                                65_536, 300_000)
     operator.open(ctx)
     yield operator, ctx
@@ -131,11 +148,15 @@ def hate_speech_alerts(prefix: str, count: int) -> list[dict]:
              "event_time_ms": T0_MS + i * 3 * HOUR_MS} for i in range(count)]
 
 
+def bundle_of(user_id: str, offset: int, payload: bytes, timestamp_ms: int) -> bytes:
+    return bundles.pack([bundles.BundledRecord(0, 0, offset, timestamp_ms, len(payload), user_id, payload)])
+
+
 def feed(operator, ctx, user_id: str, alerts: list[dict]) -> None:
-    ctx.key = user_id
+    ctx.key = "shard"  # the bundle's key; the operator switches to each record's user
     for offset, fields in enumerate(alerts):
         payload = alert_bytes(user_id=user_id, **fields)
-        list(operator.process_element(("alerts", 0, offset, fields["event_time_ms"], payload, len(payload), None), ctx))
+        list(operator.process_element(bundle_of(user_id, offset, payload, fields["event_time_ms"]), ctx))
 
 
 def test_a_watermark_jump_fires_each_user_once_and_forgets_everything_due(operator_and_context):
@@ -193,7 +214,6 @@ def test_a_small_advance_forgets_only_what_is_due(operator_and_context):
     assert "b0" not in state.seen and "b1" in state.seen
     assert min(time_ms for time_ms, _ in ctx.live) > T0_MS + DAY_MS + HOUR_MS
     # A retry of the second alert is still a duplicate; the first is past the dedupe horizon.
-    ctx.key = "u-2"
     retry = alert_bytes(user_id="u-2", **alerts[1])
-    [batch] = operator.process_element(("alerts", 0, 9, T0_MS + 2 * DAY_MS, retry, len(retry), None), ctx)
+    [batch] = operator.process_element(bundle_of("u-2", 9, retry, T0_MS + 2 * DAY_MS), ctx)
     assert ("count", "duplicate", "") in [tuple(batch[i:i + 3]) for i in range(0, len(batch), 3)]

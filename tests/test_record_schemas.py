@@ -9,7 +9,7 @@ import fastjsonschema
 import pytest
 
 from connectors import record_schemas
-from jobs.generator import AlertGenerator
+from devtools.generator import AlertGenerator
 from rules.simulate import run
 
 from .conftest import T0_MS

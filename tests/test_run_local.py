@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jobs.localstack import free_port
+from devtools.localstack import free_port
 
 from .conftest import REPO
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.stack
 
 def test_run_local_shows_alerts_flowing_and_exits_cleanly(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.run_local", "--duration", "20", "--rate", "150", "--every", "5",
+        [sys.executable, "-m", "devtools.run_local", "--duration", "20", "--rate", "150", "--every", "5",
          "--kafka-port", str(free_port()), "--redis-port", str(free_port())],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=240,
         env={**os.environ, "PENALTY_RUN_DIR": str(tmp_path)},

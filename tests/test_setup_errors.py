@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from jobs import localstack
+from devtools import localstack
 
 from .conftest import REPO
 
@@ -50,7 +50,7 @@ def test_port_already_taken_is_one_clear_line(tmp_path):
         port = taken.getsockname()[1]
         with pytest.raises(localstack.StackError, match=f"port {port} is already taken"):
             localstack.start_broker(port, tmp_path / "kafka")
-        result = subprocess.run([sys.executable, "-m", "jobs.localstack", "up", "--kafka-port", str(port),
+        result = subprocess.run([sys.executable, "-m", "devtools.localstack", "up", "--kafka-port", str(port),
                                  "--data-dir", str(tmp_path / "stack")], cwd=REPO, capture_output=True,
                                 text=True, check=False, timeout=60,
                                 env={**os.environ, "PENALTY_RUN_DIR": str(tmp_path / "run")})

@@ -11,8 +11,8 @@ import time
 import pytest
 import redis
 
+from devtools.localstack import create_topics
 from jobs.config import Topics
-from jobs.localstack import create_topics
 from sinks import applier, notifier
 from sinks.appeals import decision_record, submit
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.generator import AlertGenerator, Mix
+from devtools.generator import produce as produce_paced
+from devtools.localstack import create_topics
 from jobs.config import Topics
-from jobs.generator import AlertGenerator, Mix
-from jobs.generator import produce as produce_paced
-from jobs.localstack import create_topics
 
 from .conftest import DEFAULT_RULES, HOUR_MS, REPO, alert_bytes
 from .stack_helpers import JobProcess, caught_up, produce, read_committed

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from devtools.localstack import create_topics
 from jobs.config import Topics
-from jobs.localstack import create_topics
 
 from .conftest import DAY_MS, REPO, alert_bytes
 from .stack_helpers import JobProcess, produce, read_committed

@@ -1,8 +1,10 @@
-"""Upgrade across a state-layout change on the real stack: a job that stores user state the way
-jobs before state format 4 did (tests/legacy_layout_job.py) stops with a savepoint; the current
-job restores from it and carries on exactly as if one job had seen everything: retries of alerts
-decided before the upgrade are deduplicated, strikes escalate, incidents merge, and each
-moderator decision is applied once, whichever job read it."""
+"""Upgrades on the real stack: an older job stops with a savepoint; the current job restores from it
+and carries on exactly as if one job had seen everything: retries of alerts decided before the
+upgrade are deduplicated, strikes escalate, incidents merge, and each moderator decision is
+applied once, whichever job read it. The older jobs:
+- one that stores user state the way jobs before state format 4 did (tests/legacy_layout_job.py);
+- the job before bundling (tests/prebundling_job.py): records keyed by user and one record per
+  call into Python; the current job bundles them by key group and keeps the same keyed state."""
 
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.generator import AlertGenerator, Mix, produce
+from devtools.localstack import create_topics
 from jobs.config import Topics
-from jobs.generator import AlertGenerator, Mix, produce
-from jobs.localstack import create_topics
 
 from .conftest import HOUR_MS, REPO
 from .stack_helpers import JobProcess, caught_up, read_committed
@@ -28,11 +30,17 @@ from .test_stack_exactly_once import ID_FIELDS, job_args, oracle, wait_for
 pytestmark = pytest.mark.stack
 
 
+OLDER_JOBS = {
+    "format-3-layout": ("tests/legacy_layout_job.py", "operator storing the format-3 layout"),
+    "before-bundling": ("tests/prebundling_job.py", "operator reading one record per call"),
+}
+
+
 class LegacyJobProcess(JobProcess):
-    def __init__(self, args: list[str], log: Path):
+    def __init__(self, script: str, args: list[str], log: Path):
         self.log = log
         self.fh = open(log, "ab")  # noqa: SIM115 - the job's log while it runs
-        self.proc = subprocess.Popen([sys.executable, "tests/legacy_layout_job.py", *args], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, script, *args], cwd=REPO,
                                      stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -55,8 +63,10 @@ def from_decision(kind: str, record: dict) -> bool:
                                                                  and record["topic"] == "appeal_outcome")
 
 
-def test_savepoint_of_the_older_state_layout_restores_into_the_current_job(stack, tmp_path):
-    prefix = "mig-"
+@pytest.mark.parametrize("older", sorted(OLDER_JOBS))
+def test_savepoint_of_an_older_job_restores_into_the_current_job(stack, tmp_path, older):
+    script, banner = OLDER_JOBS[older]
+    prefix = f"mig-{older}-"
     topics = Topics().prefixed(prefix)
     create_topics(stack.bootstrap, topics.partitions())
     # One stream per user: all of a user's alerts share a partition, so the job sees them in the
@@ -81,8 +91,8 @@ def test_savepoint_of_the_older_state_layout_restores_into_the_current_job(stack
 
     ck, sp = tmp_path / "checkpoints", tmp_path / "savepoints"
     produce(stack.bootstrap, topics.alerts, before)
-    old = LegacyJobProcess(job_args(stack, prefix, ck, "--starting-offsets", "earliest", "--savepoint-on-stop",
-                                    str(sp)), tmp_path / "legacy.log")
+    old = LegacyJobProcess(script, job_args(stack, prefix, ck, "--starting-offsets", "earliest", "--savepoint-on-stop",
+                                            str(sp)), tmp_path / "legacy.log")
     try:
         wait_for(lambda: alive_and_caught_up(old, stack.bootstrap, prefix + "job", topics.alerts), 180,
                  "the legacy job", old)
@@ -93,7 +103,7 @@ def test_savepoint_of_the_older_state_layout_restores_into_the_current_job(stack
         assert old.wait(120) == 0, old.tail()
     finally:
         old.kill()
-    assert "operator storing the format-3 layout" in old.log.read_text()
+    assert banner in old.log.read_text()
     [savepoint] = re.findall(r"savepoint: (\S+)", old.log.read_text())
 
     produce(stack.bootstrap, topics.alerts, after)

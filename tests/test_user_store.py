@@ -194,3 +194,20 @@ def test_a_user_in_neither_layout_has_no_state():
     store, entries = make_store(legacy=legacy)
     assert store.load("u-1").state is None and store.migrated == 0
     assert entries.calls == {"get": 1} and legacy.ledger.calls == {"value": 1}
+
+
+def test_a_hot_users_cache_stays_bounded_and_still_answers_from_state():
+    from jobs.user_store import MAX_KNOWN_ENTRIES
+
+    store, entries = make_store()
+    cached = store.load("u-1")
+    for n in range(3 * MAX_KNOWN_ENTRIES):
+        state = store.load("u-1").state or UserState()
+        store.store(cached, state.remember("seen", f"a-{n}", T0_MS + n, T0_MS + n))
+    maps = store.load("u-1").maps
+    assert all(len(m.known) <= MAX_KNOWN_ENTRIES for m in maps.values())
+    assert not maps["seen"].complete  # the forgotten part is read from state now
+    state = store.load("u-1").state
+    gets = entries.calls["get"]
+    assert "a-0" in state.seen and "a-never" not in state.seen
+    assert entries.calls["get"] == gets + 2  # both answers came from state

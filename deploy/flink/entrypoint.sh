@@ -4,7 +4,7 @@
 set -euo pipefail
 cd /opt/penalty
 FLINK_HOME=$(python -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))')
-python -m jobs.cluster render --conf-dir "$FLINK_CONF_DIR" --lib-dir "$FLINK_LIB_DIR"
+python -m devtools.cluster render --conf-dir "$FLINK_CONF_DIR" --lib-dir "$FLINK_LIB_DIR"
 
 case "${1:-jobmanager}" in
   jobmanager) exec "$FLINK_HOME/bin/jobmanager.sh" start-foreground ;;

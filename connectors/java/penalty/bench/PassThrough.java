@@ -6,7 +6,7 @@ import org.apache.flink.types.Row;
 import java.nio.charset.StandardCharsets;
 
 /**
- * The throughput bench's JVM floor (jobs/floor_job.py): stands in for the penalty operator
+ * The throughput bench's JVM floor (devtools/bench/floor_job.py): stands in for the penalty operator
  * behind the key-by, decides nothing and keeps no state. Row(user_id, raw record) -> the
  * operator's output array (see OutputRouter): one input counter and the payload as one audit
  * record keyed by the user, so that the source, the exchange, the router and the sink do what

@@ -12,8 +12,8 @@ import java.util.HashMap;
 import java.util.Map;
 
 /**
- * Everything the Python operator produced for one input record, in one String[] (one crossing
- * from Python to the JVM instead of one per output record and one per counter increment), routed
+ * Everything the Python operator produced for one bundle of input records, in one String[] (one
+ * crossing from Python to the JVM instead of one per output record and one per counter increment), routed
  * in the JVM: output records to Row(kind, key, value) for the one Kafka sink (which picks the
  * topic by kind, see KindTopicRowSerializer), metric events to counters and the latency histogram.
  *
@@ -21,7 +21,7 @@ import java.util.Map;
  * <ul>
  *   <li>{@code enforcement | notification | audit | review | dlq, key, value}: an output record
  *       (the kinds of rules/records.py);
- *   <li>{@code count, name, ""}: one increment of the counter {@code name} (see {@link #counter});
+ *   <li>{@code count, name, n}: n increments ("" is one) of the counter {@code name} (see {@link #counter});
  *   <li>{@code latency, event_time_ms, ""}: a decision was made for an alert of that event time.
  * </ul>
  */
@@ -62,7 +62,8 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
         for (int i = 0; i < items.length; i += 3) {
             String kind = items[i];
             if ("count".equals(kind)) {
-                counter(items[i + 1]).inc();
+                String n = items[i + 2];
+                counter(items[i + 1]).inc(n.isEmpty() ? 1L : Long.parseLong(n));
             } else if ("latency".equals(kind)) {
                 latency.update(Math.max(0L, System.currentTimeMillis() - Long.parseLong(items[i + 1])));
             } else {

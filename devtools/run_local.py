@@ -1,7 +1,7 @@
 """The embedded default run: local broker + Redis, the demo alert generator, and the penalty job on
 the local Flink mini-cluster, with a live summary. Ends cleanly on Ctrl-C or after --duration.
 
-    python -m jobs.run_local [--duration 60] [--rate 200]     (`make run`)
+    python -m devtools.run_local [--duration 60] [--rate 200]     (`make run`)
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import time
 import urllib.request
 from collections import Counter
 
+from devtools import localstack
+from devtools.generator import AlertGenerator, produce
 from jobs import config as job_config
-from jobs import localstack
-from jobs.generator import AlertGenerator, produce
 
 
 class TopicCounter:
@@ -98,7 +98,7 @@ def summary_line(elapsed_s: float, produced: int, metrics: dict[str, float], cou
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.run_local", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.run_local", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=0, help="seconds to run (default: until Ctrl-C)")
     parser.add_argument("--rate", type=float, default=200, help="demo alerts per second")
     parser.add_argument("--users", type=int, default=2000)

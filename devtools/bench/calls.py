@@ -2,7 +2,7 @@
 operator makes them (mini-cluster, parallelism 1, no Kafka): how much of an alert's time state
 access can explain.
 
-    python -m jobs.bench_calls [--backend rocksdb|hashmap] [--keys 2000] [--calls 50]
+    python -m devtools.bench calls [--backend rocksdb|hashmap] [--keys 2000] [--calls 50]
 
 For each of `keys` users the operator times `calls` calls of each kind (map put/get/remove of a
 120-character value, put_all of `calls` entries, value update/read of 1.7 KB, get_current_key,
@@ -90,7 +90,7 @@ def measure(backend: str, keys: int, calls: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.bench_calls", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench calls", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("rocksdb", "hashmap"), default="rocksdb")
     parser.add_argument("--keys", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=50)

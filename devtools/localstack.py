@@ -1,5 +1,6 @@
 """The local stack for runs and tests: noida-db (Kafka protocol) and Debian redis-server on
-loopback ports, each with a health check, stopped cleanly. `python -m jobs.localstack up|down|status`.
+loopback ports, each with a health check, stopped cleanly:
+`python -m devtools.localstack up|down|status|create-topics`.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def down() -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="localstack")
+    parser = argparse.ArgumentParser(prog="python -m devtools.localstack")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start broker + Redis in the background")
     up.add_argument("--data-dir", default=str(RUN_DIR / "stack"))

@@ -3,10 +3,14 @@ by one that decides nothing, so the bench can measure what the rest costs on the
 
 Same source (read_committed, watermarks), key-by in the JVM, output router and one Kafka sink,
 exactly-once as configured; the operator behind the key-by is either
-  python: a keyed Python operator without state (one crossing into Python and back per record),
-  jvm:    a JVM map (no Python anywhere),
+  python:         a keyed Python operator without state (one crossing into Python and back per
+                  record),
+  python-bundled: the same behind the JVM bundler (one crossing per bundle of records: the
+                  penalty job's shape),
+  jvm:            a JVM map (no Python anywhere),
 and each record becomes one input counter and one audit record (its payload, keyed by user).
-Not a job to run in production: `python -m jobs.bench throughput --floor python|jvm` runs it.
+Not a job to run in production: `python -m devtools.bench throughput --floor python|python-bundled|jvm`
+runs it (on a standalone cluster with `flink run -py devtools/bench/floor_job.py`).
 """
 
 from __future__ import annotations
@@ -15,18 +19,18 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `flink run -py jobs/floor_job.py`: make the packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `flink run -py devtools/bench/floor_job.py`: make the packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from jobs import config as job_config
 
-FLOORS = ("python", "jvm")
+FLOORS = ("python", "python-bundled", "jvm")
 
 
 def build(config: job_config.JobConfig, floor: str, embedded: bool = True):
     from pyflink.datastream import DataStream, KeyedProcessFunction
 
-    from connectors import kafka
+    from connectors import bundles, kafka
     from jobs.flink_env import create_env
     from jobs.operators import OUTPUT_TYPE
     from jobs.pipeline import UIDS, sink_outputs, source_stream
@@ -37,9 +41,25 @@ def build(config: job_config.JobConfig, floor: str, embedded: bool = True):
         def process_element(self, value, ctx: KeyedProcessFunction.Context):
             yield ["count", "alerts_in", "", "audit", ctx.get_current_key(), value[4].decode("utf-8", "replace")]
 
+    class BundledPassThroughFunction(KeyedProcessFunction):
+        """The bundled Python floor: one call per bundle, one output array per bundle."""
+
+        def process_element(self, value, ctx: KeyedProcessFunction.Context):
+            out = []
+            for record in bundles.records(value):
+                out += ("count", "alerts_in", "", "audit", record.user_id, record.payload.decode("utf-8", "replace"))
+            yield out
+
     env = create_env(config, embedded)
-    keyed = kafka.keyed_by_user(source_stream(env, config), "key by user", UIDS["key"])
     name = "penalty decisions"  # the bench's OperatorWatch reads this operator's metrics by name
+    if floor == "python-bundled":
+        topics = [config.topics.alerts, config.topics.decisions]
+        keyed = kafka.bundled_by_shard(source_stream(env, config), "bundle by shard", UIDS["bundle"], topics,
+                                       config.max_parallelism, config.bundle_records, config.bundle_ms)
+        decided = keyed.process(BundledPassThroughFunction(), output_type=OUTPUT_TYPE).uid(UIDS["penalty"]).name(name)
+        sink_outputs(kafka.route_outputs(decided, "route outputs", UIDS["route"]), config)
+        return env
+    keyed = kafka.keyed_by_user(source_stream(env, config), "key by user", "key-by-user")
     if floor == "python":
         decided = keyed.process(PassThroughFunction(), output_type=OUTPUT_TYPE).uid(UIDS["penalty"]).name(name)
     else:

@@ -5,7 +5,7 @@ several detectors per violation type, retries of the same alert (same alert_id),
 detectors reporting one moment (same stream + type, different alert ids), mixed confidences
 across every band, and a share of malformed records of every kind the DLQ knows.
 
-`python -m jobs.generator --count N --out FILE.jsonl` writes lines (for `rules simulate`);
+`python -m devtools.generator --count N --out FILE.jsonl` writes lines (for `rules simulate`);
 `produce()` writes to Kafka (key = stream_id, as detectors do).
 """
 
@@ -169,7 +169,7 @@ def produce(bootstrap: str, topic: str, payloads, rate_per_s: float | None = Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.generator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.generator", description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--users", type=int, default=5000)

@@ -1,12 +1,14 @@
 """A local standalone Flink cluster (jobmanager + TaskManagers) from the Flink distribution inside the
 apache-flink wheel, configured from the project's flink-conf/, and job submission with `flink run -py`.
 
-    python -m jobs.cluster up                   start the cluster (REST/UI on 127.0.0.1:8081), two
-                                                TaskManagers of one slot each
-    python -m jobs.cluster submit -- JOB ARGS   `flink run -d -py jobs/penalty_job.py --cluster JOB ARGS`
-    python -m jobs.cluster stop-job JOB_ID      stop the job with a savepoint (`flink stop`)
-    python -m jobs.cluster down                 stop the cluster
-    python -m jobs.cluster status
+    python -m devtools.cluster up                   start the cluster (REST/UI on 127.0.0.1:8081), two
+                                                    TaskManagers of one slot each
+    python -m devtools.cluster submit -- JOB ARGS   `flink run -d -py jobs/penalty_job.py --cluster JOB ARGS`
+    python -m devtools.cluster stop-job JOB_ID      stop the job with a savepoint (`flink stop`)
+    python -m devtools.cluster down                 stop the cluster
+    python -m devtools.cluster status
+    python -m devtools.cluster render --conf-dir DIR --lib-dir DIR
+                                                    the container entrypoint's FLINK_CONF_DIR and lib/
 
 This is the same submission a data platform engineer does on a production cluster; only the
 generated configuration (.run/cluster/conf) points paths and ports at this machine.
@@ -29,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from devtools.localstack import RUN_DIR
 from jobs.config import REPO_ROOT
-from jobs.localstack import RUN_DIR
 
 FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
 JOB_SCRIPT = REPO_ROOT / "jobs" / "penalty_job.py"
@@ -156,10 +158,10 @@ def up(cluster: Cluster, taskmanagers: int = 2, slots: int = 1, timeout_s: float
     the Python operators inside the TaskManager's JVM, on one CPython and so one GIL per process:
     two subtasks in one TaskManager take turns in Python. One slot per TaskManager (the shipped
     configuration) lets each subtask run Python on its own core."""
-    from jobs.localstack import port_taken
+    from devtools.localstack import port_taken
 
     if port_taken(cluster.rest_port):
-        raise ClusterError(f"port {cluster.rest_port} is taken: is a cluster already up? (`python -m jobs.cluster down`)")
+        raise ClusterError(f"port {cluster.rest_port} is taken: is a cluster already up? (`python -m devtools.cluster down`)")
     render_conf(cluster.conf_dir, {**local_overrides(cluster), "taskmanager.numberOfTaskSlots": slots,
                                    **(overrides or {})})
     for sub in ("pids", "tmp", "log"):
@@ -234,7 +236,7 @@ def _alive_pids(pid_dir: Path) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.cluster", description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(RUN_DIR / "cluster"), help="conf, logs, checkpoints (default .run/cluster)")
     parser.add_argument("--rest-port", type=int, default=8081)
     parser.add_argument("--metrics-port", type=int, default=9249, help="first Prometheus reporter port")
