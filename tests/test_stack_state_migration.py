@@ -9,6 +9,7 @@ applied once, whichever job read it. The older jobs:
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -34,13 +35,21 @@ OLDER_JOBS = {
     "format-3-layout": ("tests/legacy_layout_job.py", "operator storing the format-3 layout"),
     "before-bundling": ("tests/prebundling_job.py", "operator reading one record per call"),
 }
+# A checkout of a released job to upgrade from, when given (a work tree with the same venv's
+# packages; its own code first on the path): PENALTY_OLDER_CHECKOUT=/path/to/checkout.
+OLDER_CHECKOUT = os.environ.get("PENALTY_OLDER_CHECKOUT")
+if OLDER_CHECKOUT:
+    OLDER_JOBS["released-checkout"] = (str(Path(OLDER_CHECKOUT) / "jobs" / "penalty_job.py"), "running")
 
 
 class LegacyJobProcess(JobProcess):
     def __init__(self, script: str, args: list[str], log: Path):
         self.log = log
         self.fh = open(log, "ab")  # noqa: SIM115 - the job's log while it runs
-        self.proc = subprocess.Popen([sys.executable, script, *args], cwd=REPO,
+        env = dict(os.environ)
+        if OLDER_CHECKOUT and script.startswith(OLDER_CHECKOUT):
+            env["PYTHONPATH"] = OLDER_CHECKOUT  # the TaskManager's Python imports that checkout's packages
+        self.proc = subprocess.Popen([sys.executable, script, *args], cwd=REPO, env=env,
                                      stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 
