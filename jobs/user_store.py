@@ -76,21 +76,26 @@ class PrefixedView:
         return self.state.get(self.prefix + key)
 
 
-# Entries one map of one cached user keeps in memory. A repeat offender writes several entries
-# per alert (seen ids, incidents, expiry entries), and forgotten ones stay known as absent: without
-# a bound the cache of a hot user grows with its history. Past the bound the map forgets what it
-# knew and reads from state again (one lookup per miss), so memory per user stays small.
-MAX_KNOWN_ENTRIES = 512
+# Entries one map of one cached user keeps in memory. Deciding an alert looks up its id in `seen`
+# and up to three incident slots, so those maps are kept (for a user first seen in this subtask,
+# completely: a miss is an answer). A repeat offender's maps grow with its history, so past this
+# bound a map forgets what it knew and reads from state again (one lookup per miss). The expiry
+# queue is only read when its entries come due (the timer), so it is never kept: a hot user's
+# cache would otherwise hold two entries per alert that no alert reads.
+MAX_KNOWN_ENTRIES = 20_000
+UNCACHED_MAPS = ("expiry",)
 
 
 class CachedMap:
     """One map of one user: entries known in memory, the rest read from state on demand (decoded
-    with the map's codec) unless the map is complete."""
+    with the map's codec) unless the map is complete. A map that does not `keep` reads through
+    every time and remembers nothing."""
 
-    __slots__ = ("complete", "decode", "known", "state")
+    __slots__ = ("complete", "decode", "keep", "known", "state")
 
-    def __init__(self, state: PrefixedView, decode: Callable[[str], Any], complete: bool):
-        self.state, self.decode, self.complete = state, decode, complete
+    def __init__(self, state: PrefixedView, decode: Callable[[str], Any], complete: bool, keep: bool = True):
+        self.state, self.decode, self.keep = state, decode, keep
+        self.complete = complete and keep
         self.known: dict[str, Any] = {}
 
     def get(self, key: str) -> Any:
@@ -102,9 +107,10 @@ class CachedMap:
             return None
         text = self.state.get(key)
         value = None if text is None else self.decode(text)
-        self.known[key] = value
-        if len(self.known) > MAX_KNOWN_ENTRIES:
-            self.forget()
+        if self.keep:
+            self.known[key] = value
+            if len(self.known) > MAX_KNOWN_ENTRIES:
+                self.forget()
         return value
 
     def forget(self) -> None:
@@ -113,9 +119,20 @@ class CachedMap:
         self.complete = False
 
     def written(self, key: str, value: Any) -> None:
-        self.known[key] = None if value is DELETED else value
+        if not self.keep:
+            return
+        if value is not DELETED:
+            self.known[key] = value
+        elif self.complete:
+            self.known.pop(key, None)  # complete: absent is an answer
+        else:
+            self.known[key] = None
         if len(self.known) > MAX_KNOWN_ENTRIES:
             self.forget()
+
+
+def new_map(view: PrefixedView, name: str, complete: bool) -> CachedMap:
+    return CachedMap(view, CODECS[name][1], complete, keep=name not in UNCACHED_MAPS)
 
 
 class CachedUser:
@@ -149,7 +166,7 @@ class UserStore:
         text = self.entries.get(LEDGER_KEY)
         if text is None and self.legacy is not None:
             text = self._move_legacy()
-        maps = {name: CachedMap(self.views[name], CODECS[name][1], complete=not text) for name in MAP_NAMES}
+        maps = {name: new_map(self.views[name], name, complete=not text) for name in MAP_NAMES}
         cached = CachedUser(UserState.decode(text, maps, self.incident_window_ms), maps)
         if self.max_users > 0:
             self.users[user_id] = cached
@@ -168,16 +185,14 @@ class UserStore:
             layered, cached_map = getattr(state, name), maps[name]
             changes = layered.changes
             if changes:
-                prefix, encode, known = ENTRY_PREFIX[name], CODECS[name][0], cached_map.known
+                prefix, encode = ENTRY_PREFIX[name], CODECS[name][0]
+                written = cached_map.written
                 for key, value in changes.items():
                     if value is DELETED:
                         remove(prefix + key)
-                        known[key] = None
                     else:
                         puts[prefix + key] = encode(value)
-                        known[key] = value
-                if len(known) > MAX_KNOWN_ENTRIES:
-                    cached_map.forget()
+                    written(key, value)
             if changes or layered.base is not cached_map:
                 clean[name] = Layered(cached_map)
         puts[LEDGER_KEY] = state.encode()
@@ -189,7 +204,7 @@ class UserStore:
         self.entries.clear()
         cached.state = None
         for name in MAP_NAMES:
-            cached.maps[name] = CachedMap(self.views[name], CODECS[name][1], complete=True)
+            cached.maps[name] = new_map(self.views[name], name, complete=True)
 
     def _move_legacy(self) -> str | None:
         """A format-3 user: copy the ledger and every map entry, as stored, into the entries state
