@@ -11,6 +11,7 @@ as UTF-8, so hashing an id made of it would raise; numbers that overflow to infi
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -42,6 +43,71 @@ def _load_schema() -> dict[str, Any]:
 
 ALERT_SCHEMA = _load_schema()
 _validate = fastjsonschema.compile(ALERT_SCHEMA)
+
+# What _plainly_valid() below checks by hand, as it reads in the schema file (descriptions left
+# out). If the file changes, the fast path turns itself off rather than judge by stale rules.
+_FAST_PATH_SCHEMA = {
+    "type": "object",
+    "required": ["alert_id", "stream_id", "user_id", "detector_id", "violation_type", "confidence",
+                 "event_time_ms"],
+    "properties": {
+        "alert_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "stream_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "user_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "detector_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "violation_type": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "event_time_ms": {"type": "integer", "minimum": 0, "maximum": 253402300799999},
+        "model_version": {"type": "string", "maxLength": 200},
+        "evidence": {"type": "object"},
+        "schema_version": {"type": "integer", "const": 1, "default": 1},
+    },
+    "additionalProperties": True,
+}
+
+
+def _without_descriptions(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_descriptions(v) for k, v in schema.items()
+                if k not in ("$schema", "$id", "title", "description")}
+    return schema
+
+
+_FAST_PATH_ON = _without_descriptions(ALERT_SCHEMA) == _FAST_PATH_SCHEMA
+# The schema's pattern as fastjsonschema compiles it ("$" read as end of text, "\\Z").
+_VIOLATION_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z").match
+_MAX_EVENT_TIME_MS = 253402300799999
+
+
+def _plainly_valid(doc: Any) -> bool:
+    """True only for a document the schema certainly accepts, in the shape producers send: exact
+    types as orjson returns them (str, int, float, dict), nothing the validator would coerce or
+    judge subtly (an event_time_ms of 5.0, a null model_version, a bool anywhere). Anything else,
+    valid or not, goes to the compiled validator, so every rejection and its detail is the
+    validator's. About a fifth of the validator's cost on the common shape."""
+    if type(doc) is not dict or not _FAST_PATH_ON:
+        return False
+    get = doc.get
+    for name in ("alert_id", "stream_id", "user_id", "detector_id"):
+        value = get(name)
+        if type(value) is not str or not 0 < len(value) <= 200:
+            return False
+    violation_type = get("violation_type")
+    if type(violation_type) is not str or _VIOLATION_TYPE(violation_type) is None:
+        return False
+    confidence = get("confidence")  # exact float or int: a bool is not a JSON number
+    if (type(confidence) is not float and type(confidence) is not int) or not 0 <= confidence <= 1:
+        return False
+    event_time_ms = get("event_time_ms")
+    if type(event_time_ms) is not int or not 0 <= event_time_ms <= _MAX_EVENT_TIME_MS:
+        return False
+    if "model_version" in doc:
+        model_version = doc["model_version"]
+        if type(model_version) is not str or len(model_version) > 200:
+            return False
+    if "evidence" in doc and type(doc["evidence"]) is not dict:
+        return False
+    return "schema_version" not in doc or (type(doc["schema_version"]) is int and doc["schema_version"] == 1)
 
 
 class Alert(NamedTuple):
@@ -154,7 +220,8 @@ def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
             raw, size, source, user_id,
         )
     try:
-        _validate(doc)
+        if not _plainly_valid(doc):
+            _validate(doc)
     except fastjsonschema.JsonSchemaValueException as exc:
         detail = f"{_field_of(exc, doc)}: {_problem_of(exc)}"
         return Rejection("schema", detail, raw, size, source, user_id)
@@ -168,14 +235,6 @@ def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
                 raw, size, source, user_id,
             )
     evidence = doc.get("evidence")
-    return Alert(
-        alert_id=doc["alert_id"],
-        stream_id=doc["stream_id"],
-        user_id=doc["user_id"],
-        detector_id=doc["detector_id"],
-        violation_type=doc["violation_type"],
-        confidence=float(doc["confidence"]),
-        event_time_ms=event_time_ms,
-        model_version=doc.get("model_version"),
-        evidence=evidence if evidence else None,
-    )
+    # Positional: the field order of Alert (keywords cost a little on every alert).
+    return Alert(doc["alert_id"], doc["stream_id"], doc["user_id"], doc["detector_id"], doc["violation_type"],
+                 float(doc["confidence"]), event_time_ms, doc.get("model_version"), evidence if evidence else None)

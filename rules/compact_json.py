@@ -22,15 +22,21 @@ from typing import Any
 import orjson
 
 
-def encoder(sort_keys: bool = False) -> Callable[[Any], str]:
-    """value -> compact JSON text."""
+def encoder(sort_keys: bool = False, named_tuples: bool = False) -> Callable[[Any], str]:
+    """value -> compact JSON text.
+
+    named_tuples: also write NamedTuples as the arrays of their fields, as the standard library
+    does (orjson refuses them), without the caller copying each into a list first. It hands
+    every value orjson cannot write to list(), so use it only for values whose types the caller
+    controls (the core's state): a set would come out as an array instead of an error."""
     option = orjson.OPT_SORT_KEYS if sort_keys else 0
+    default = list if named_tuples else None
     dumps = orjson.dumps
     fallback = json.JSONEncoder(separators=(",", ":"), sort_keys=sort_keys).encode
 
     def encode(value: Any) -> str:
         try:
-            return dumps(value, None, option).decode()
+            return dumps(value, default, option).decode()
         except TypeError:  # orjson.JSONEncodeError is one
             return fallback(value)
 

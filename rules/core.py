@@ -36,8 +36,10 @@ from rules.ledger import (
     Strike,
     UserState,
     incident_slot,
+    incident_slot_prefix,
 )
 from rules.model import DECISION_RANK, Action, Band, Category, Policy
+from rules.prepared import PreparedRules
 
 DAY_MS = 86_400_000
 
@@ -55,38 +57,42 @@ class Step(NamedTuple):
     events: list[str]  # what happened, for metrics: "duplicate", "merged", "action.ban", ...
 
 
-def next_user_version(state: UserState, time_ms: int) -> int:
+def next_user_version(last_version: int, time_ms: int) -> int:
     # Scaled event time keeps versions increasing even after a user's state was cleared and
     # rebuilt; the +1 keeps them strictly increasing within one state.
-    return max(state.user_version + 1, time_ms * 1000)
+    return max(last_version + 1, time_ms * 1000)
 
 
 class PenaltyCore:
     def __init__(self, policy: Policy, config: CoreConfig = CoreConfig()):
         self.policy = policy
         self.config = config
+        self.prepared = PreparedRules(policy)  # the actions' descriptions and events, per rule
 
     # ----------------------------------------------------------------- alerts
     def on_alert(self, state: UserState | None, alert: Alert, watermark_ms: int | None = None) -> Step:
         t = alert.event_time_ms
         horizon = self.config.dedupe_horizon_ms
         if watermark_ms is not None and t + horizon <= watermark_ms:
+            raw = records_json(alert)
             out = records.dead_letter(
                 reason="too_late",
                 detail=f"event_time_ms {t} is {watermark_ms - t} ms behind the watermark "
                 f"(limit {horizon} ms): it can no longer be deduplicated safely; replay it by hand",
-                raw=records_json(alert), size_bytes=len(records_json(alert)),
+                raw=raw, size_bytes=len(raw),
                 topic=None, partition=None, offset=None, timestamp_ms=None, user_id=alert.user_id,
             )
             return Step(state, [out], ["too_late"])
         current = state or UserState()
         if alert.alert_id in current.seen:
             return Step(state, [], ["duplicate"])
-        current = current.remember("seen", alert.alert_id, t + horizon, t + horizon)
+        # The id is remembered in the same copy of the state as the rest of the step's changes
+        # (remember_all / remember's `also`): looking for the incident does not read `seen`.
+        seen = ("seen", alert.alert_id, t + horizon, t + horizon, DEDUPE_QUEUE)
 
         category = self.policy.category_for(alert.violation_type)
         band = category.band_for(alert.confidence) if category else self.policy.unknown_types
-        incident = self._open_incident(current, alert)
+        incident, slot = self._open_incident(current, alert)
         if incident is None:
             incident = Incident(
                 incident_id=records.incident_id(alert.user_id, alert.stream_id, alert.violation_type, alert.alert_id),
@@ -101,7 +107,12 @@ class PenaltyCore:
                 + max(horizon, self.config.review_retention_ms if band.decision == "review" else 0),
                 seq=current.incident_seq,
             )
-            current = self._add_incident(current, incident, REVIEW_QUEUE if band.decision == "review" else DEDUPE_QUEUE)
+            queue = REVIEW_QUEUE if band.decision == "review" else DEDUPE_QUEUE
+            current = current.remember_all(
+                (seen, ("incidents", slot, incident, incident.retain_until_ms, queue)),
+                incident_slots=current.incident_slots.set(incident.incident_id, slot),
+                incident_seq=current.incident_seq + 1,
+            )
             return self._decide(current, alert, incident, category, band, cause="alert")
 
         merged = incident._replace(
@@ -109,7 +120,7 @@ class PenaltyCore:
             max_confidence=max(incident.max_confidence, alert.confidence),
         )
         if DECISION_RANK[band.decision] <= DECISION_RANK[incident.decision]:
-            current = self._replace_incident(current, merged)
+            current = current.remember(*seen, incidents=current.incidents.set(slot, merged))
             out = records.audit(
                 kind="merge", user_id=alert.user_id, cause=alert.alert_id, event_time_ms=t,
                 outcome="merged", rule_id=incident.rule_id, policy_name=self.policy.name,
@@ -120,33 +131,36 @@ class PenaltyCore:
             )
             return Step(current, [out], ["merged"])
         upgraded = merged._replace(decision=band.decision, rule_id=band.id)
-        current = self._replace_incident(current, upgraded)
+        current = current.remember(*seen, incidents=current.incidents.set(slot, upgraded))
         step = self._decide(current, alert, upgraded, category, band, cause="upgrade")
         return Step(step.state, step.outputs, ["merged", "upgraded"] + step.events)
 
-    def _open_incident(self, state: UserState, alert: Alert) -> Incident | None:
+    def _open_incident(self, state: UserState, alert: Alert) -> tuple[Incident | None, str]:
         """The first-created incident of this stream and type whose first alert is less than a
-        window away: at most three slots to look at, however many incidents the user has."""
+        window away, and its slot; or None and the slot of a new incident starting at the alert.
+        At most three slots to look at, however many incidents the user has."""
         window = self.config.incident_window_ms
         t = alert.event_time_ms
-        found = None
-        for slot_start in (t - window, t, t + window):
-            incident = state.incidents.get(incident_slot(alert.stream_id, alert.violation_type, slot_start, window))
+        # incident_slot() of t - window, t and t + window: (t ± window) // window is
+        # t // window ± 1, so the three share one prefix.
+        prefix = incident_slot_prefix(alert.stream_id, alert.violation_type)
+        number = t // window
+        own = prefix + str(number)
+        found, found_slot = None, own
+        incidents = state.incidents
+        for slot in (prefix + str(number - 1), own, prefix + str(number + 1)):
+            incident = incidents.get(slot)
             if incident is not None and abs(t - incident.start_ms) < window and (
                 found is None or incident.seq < found.seq
             ):
-                found = incident
-        return found
+                found, found_slot = incident, slot
+        # (An incident's slot is always incident_slot() of its own start, as _slot() says: the
+        # slot it was found in is the one to write it back to.)
+        return found, found_slot
 
     def _slot(self, incident: Incident) -> str:
         return incident_slot(incident.stream_id, incident.violation_type, incident.start_ms,
                              self.config.incident_window_ms)
-
-    def _add_incident(self, state: UserState, incident: Incident, queue: int) -> UserState:
-        slot = self._slot(incident)
-        state = state.remember("incidents", slot, incident, incident.retain_until_ms, queue)
-        return state.with_(incident_slots=state.incident_slots.set(incident.incident_id, slot),
-                           incident_seq=state.incident_seq + 1)
 
     def _replace_incident(self, state: UserState, incident: Incident) -> UserState:
         return state.with_(incidents=state.incidents.set(self._slot(incident), incident))
@@ -176,6 +190,8 @@ class PenaltyCore:
 
     def _review(self, state, alert, incident, band, before, cause_id, common) -> Step:
         outputs: list[records.Output] = []
+        prepared = self.prepared.of(band)
+        ledger = (state.strikes, state.banned, state.suspended_until_ms)  # what summary() reads
         state, enforcement = self._apply_actions(state, alert, incident, band.actions, band.id, 0, cause_id)
         outputs += enforcement
         outputs.append(records.review(
@@ -186,7 +202,7 @@ class PenaltyCore:
                        "confidence": alert.confidence, "model_version": alert.model_version,
                        "evidence": alert.evidence}],
             rule_id=band.id, policy_version=self.policy.version,
-            actions_taken=[a.describe() for a in band.actions], event_time_ms=alert.event_time_ms,
+            actions_taken=list(prepared.described), event_time_ms=alert.event_time_ms,
         ))
         outputs.append(records.notification(
             user_id=alert.user_id, recipient_role="moderator", recipient_id=f"queue:{band.priority}",
@@ -195,13 +211,16 @@ class PenaltyCore:
             event_time_ms=alert.event_time_ms, rule_id=band.id,
         ))
         outputs += self._streamer_notifications(alert, incident, enforcement, band.id, appealable=False)
-        after = state.summary(alert.event_time_ms)
+        # Review bands only stop streams: the ledger the audit shows is nearly always unchanged,
+        # and then the same summary serves as after (as dismissals do; the same JSON either way).
+        unchanged = ledger[0] is state.strikes and ledger[1:] == (state.banned, state.suspended_until_ms)
+        after = before if unchanged else state.summary(alert.event_time_ms)
         outputs.append(records.audit(kind="decision", cause=cause_id, outcome="review", rule_id=band.id,
                                      ledger_before=before, ledger_after=after,
                                      detail={"priority": band.priority, "confidence": alert.confidence,
-                                             "actions": [a.describe() for a in band.actions]},
+                                             "actions": list(prepared.described)},
                                      **common))
-        return Step(state, outputs, ["review", f"rule.{band.id}"] + [f"action.{a.kind}" for a in band.actions])
+        return Step(state, outputs, ["review", *prepared.events])
 
     def _enforce(self, state, alert, incident, category, band, before, cause_id, common) -> Step:
         t = alert.event_time_ms
@@ -210,6 +229,7 @@ class PenaltyCore:
         state = state.with_(strikes=state.strikes + (strike,))
         points = state.strike_points(category.counts_strikes_of, t)
         rung = category.rung_for(points)
+        prepared = self.prepared.of(rung)
         state, enforcement = self._apply_actions(state, alert, incident, rung.actions, rung.id, points, cause_id)
         outputs = list(enforcement)
         outputs += self._streamer_notifications(alert, incident, enforcement, rung.id, appealable=True)
@@ -218,31 +238,33 @@ class PenaltyCore:
                                      ledger_before=before, ledger_after=after,
                                      detail={"band": band.id, "confidence": alert.confidence,
                                              "strike_points": points,
-                                             "actions": [a.describe() for a in rung.actions]},
+                                             "actions": list(prepared.described)},
                                      **common))
-        return Step(state, outputs, ["enforced", f"rule.{rung.id}"] + [f"action.{a.kind}" for a in rung.actions])
+        return Step(state, outputs, ["enforced", *prepared.events])
 
     def _apply_actions(self, state: UserState, alert: Alert, incident: Incident, actions: tuple[Action, ...],
                        rule_id: str, points: int, cause_id: str) -> tuple[UserState, list[records.Output]]:
         t = alert.event_time_ms
         outputs = []
+        # The standing as the actions change it, copied into the state once at the end.
+        version, suspended_until_ms, standing = state.user_version, state.suspended_until_ms, {}
         for action in actions:
             until_ms = None
+            version = next_user_version(version, t)
             if action.kind == "suspend":
                 # A suspension only ever extends to the later end.
-                until_ms = max(state.suspended_until_ms, t + (action.duration_ms or 0))
-                state = state.with_(suspended_until_ms=until_ms)
-                state = state.with_(sanction_incident=incident.incident_id)
+                until_ms = suspended_until_ms = max(suspended_until_ms, t + (action.duration_ms or 0))
+                standing.update(suspended_until_ms=until_ms, sanction_incident=incident.incident_id)
             elif action.kind == "ban":
-                state = state.with_(banned=True, sanction_incident=incident.incident_id)
-            version = next_user_version(state, t)
-            state = state.with_(user_version=version)
+                standing.update(banned=True, sanction_incident=incident.incident_id)
             outputs.append(records.enforcement(
                 user_id=alert.user_id, stream_id=alert.stream_id, action=action.kind, until_ms=until_ms,
                 incident_id=incident.incident_id, violation_type=alert.violation_type, rule_id=rule_id,
                 policy_name=self.policy.name, policy_version=self.policy.version, user_version=version,
                 event_time_ms=t, active_strikes=points, cause=cause_id,
             ))
+        if actions:
+            state = state.with_(user_version=version, **standing)
         return state, outputs
 
     def _streamer_notifications(self, alert, incident, enforcement, rule_id, appealable) -> list[records.Output]:
@@ -323,7 +345,7 @@ class PenaltyCore:
                 # The penalty came from this incident: lift it (a ban or suspension from another
                 # incident stands).
                 current = current.with_(banned=False, suspended_until_ms=0, sanction_incident="")
-                version = next_user_version(current, t)
+                version = next_user_version(current.user_version, t)
                 current = current.with_(user_version=version)
                 outputs.append(records.enforcement(
                     user_id=decision.user_id, stream_id=incident.stream_id if incident else None, action="lift",

@@ -8,7 +8,7 @@ connectors/schemas/ (one per kind) and carry `schema_version`.
 from __future__ import annotations
 
 import base64
-import hashlib
+from hashlib import sha256
 from typing import Any, NamedTuple
 
 SCHEMA_VERSION = 1
@@ -22,8 +22,12 @@ class Output(NamedTuple):
 
 
 def stable_id(prefix: str, *parts: object) -> str:
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
-    return f"{prefix}_{digest[:24]}"
+    try:
+        # Nearly always every part is already a str: join them as they are.
+        text = "\x1f".join(parts)
+    except TypeError:  # a None or a number among them: written as str() writes it, as always
+        text = "\x1f".join(map(str, parts))
+    return prefix + "_" + sha256(text.encode()).hexdigest()[:24]
 
 
 def incident_id(user_id: str, stream_id: str, violation_type: str, first_alert_id: str) -> str:
