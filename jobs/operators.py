@@ -35,6 +35,7 @@ from jobs.user_store import (
     CachedUser,
     LegacyStates,
     UserStore,
+    apply_step,
 )
 from rules import compact_json, shadow
 from rules.core import CoreConfig, PenaltyCore
@@ -257,15 +258,8 @@ class PenaltyFunction(KeyedProcessFunction):
             yield out
 
     def _apply(self, cached: CachedUser, step, out: list) -> None:
-        previous = cached.state
-        if step.state is not previous:
-            if step.state is None:
-                self.users.clear(cached)
-            else:
-                self.users.store(cached, step.state)
         # One timer per user, at the next expiry: move it when the core's answer changes.
-        old_wake = previous.next_wake_ms() if previous is not None else None
-        new_wake = step.state.next_wake_ms() if step.state is not None else None
+        old_wake, new_wake = apply_step(self.users, cached, step)
         if old_wake != new_wake:
             self.writes.move_timer(old_wake, new_wake)
         for name in step.events:

@@ -221,3 +221,18 @@ class UserStore:
         self.entries.put_all(moved)
         self.migrated += 1
         return text
+
+
+def apply_step(users: UserStore, cached: CachedUser, step) -> tuple[int | None, int | None]:
+    """Keep what a core step (rules.core.Step) left of the user: store its state, or clear the user
+    when nothing is left. Returns the user's timer before and after the step (None: no timer): the
+    one timer per user moves when they differ."""
+    previous = cached.state
+    if step.state is not previous:
+        if step.state is None:
+            users.clear(cached)
+        else:
+            users.store(cached, step.state)
+    old_wake = previous.next_wake_ms() if previous is not None else None
+    new_wake = step.state.next_wake_ms() if step.state is not None else None
+    return old_wake, new_wake

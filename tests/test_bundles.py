@@ -4,7 +4,6 @@ while the records around it are decided as if they had come one at a time."""
 
 from __future__ import annotations
 
-import gc
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from jobs.operators import PenaltyFunction
 from rules.core import CoreConfig
 
 from .conftest import T0_MS, alert_bytes
-from .test_operator_timers import FakeContext
+from .test_operator_timers import FakeContext, operator_and_context  # noqa: F401 - the fixture
 
 
 def record(offset: int, payload: bytes, user_id: str = "u-1", topic_index: int = 0) -> bundles.BundledRecord:
@@ -44,23 +43,11 @@ def test_trailing_bytes_are_an_error():
         list(bundles.records(bundles.pack([record(0, alert_bytes())]) + b"\x00"))
 
 
-@pytest.fixture
-def operator_and_context():
-    thresholds = gc.get_threshold()
-    ctx = FakeContext()
-    operator = PenaltyFunction(DEFAULT_RULES.read_bytes(), DEFAULT_RULES.name, CoreConfig(), ("alerts", "decisions"),
-                               65_536, 300_000)
-    operator.open(ctx)
-    yield operator, ctx
-    gc.unfreeze()
-    gc.set_threshold(*thresholds)
-
-
 def triples(batches) -> list[tuple[str, str, str]]:
     return [tuple(batch[i:i + 3]) for batch in batches for i in range(0, len(batch), 3)]
 
 
-def test_a_bad_record_in_a_bundle_goes_to_the_dlq_and_the_others_are_decided(operator_and_context):
+def test_a_bad_record_in_a_bundle_goes_to_the_dlq_and_the_others_are_decided(operator_and_context):  # noqa: F811
     operator, ctx = operator_and_context
     good = [alert_bytes(alert_id=f"a{i}", user_id=f"u-{i}", stream_id=f"s{i}", event_time_ms=T0_MS + i)
             for i in range(3)]

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from connectors.alerts import Rejection, Source, parse_alert
 from devtools.generator import AlertGenerator
 from jobs.config import REPO_ROOT, JobConfig
-from jobs.user_store import UserStore
+from jobs.user_store import UserStore, apply_step
 from rules import compact_json
 from rules.core import CoreConfig, PenaltyCore
 from rules.loader import load_policy
@@ -153,15 +153,7 @@ class Operator:
         self._apply(user_id, cached, self.core.on_timer(cached.state, user_id, now_ms))
 
     def _apply(self, user_id: str, cached, step) -> None:
-        previous = cached.state
-        if step.state is not previous:
-            if step.state is None:
-                self.users.clear(cached)
-            else:
-                self.users.store(cached, step.state)
-        old_wake = previous.next_wake_ms() if previous is not None else None
-        new_wake = step.state.next_wake_ms() if step.state is not None else None
-        self.timers.move(user_id, old_wake, new_wake)
+        self.timers.move(user_id, *apply_step(self.users, cached, step))
         self._emit(step.outputs)
 
     def _emit(self, outputs) -> None:
