@@ -55,7 +55,6 @@ class BundleWrites:
         self.state, self.switch = state, switch
         self.user: str = ""
         self.pending: dict[str, Pending] = {}
-        self.flushed_users = self.put_alls = 0
 
     def _mine(self) -> Pending:
         pending = self.pending.get(self.user)
@@ -112,12 +111,10 @@ class BundleWrites:
                     puts[key] = value
             if puts:
                 state.put_all(puts)
-                self.put_alls += 1
             before = pending.timer_before
             if before is not _NO_TIMER and before != pending.timer_after:
                 if before is not None:
                     timers.delete_event_time_timer(before)
                 if pending.timer_after is not None:
                     timers.register_event_time_timer(pending.timer_after)
-        self.flushed_users += len(self.pending)
         self.pending.clear()
