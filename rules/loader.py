@@ -2,7 +2,8 @@
 
 Every problem is collected with `file:line` and a hint and raised once as RuleFileError, so a
 rule author fixes a file in one pass. Nothing is checked lazily during evaluation: a Policy that
-loads is complete. YAML is read with the safe loader only.
+loads is complete. YAML is read with the safe loader only, after rules/yaml_screen.py has refused
+what a rule file never needs (over 1 MiB, not UTF-8, tags, anchors and aliases, deep nesting).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import difflib
 import hashlib
 import os
 from dataclasses import dataclass
+from stat import S_ISREG
 
 import yaml
 
+from rules import yaml_screen
 from rules.model import (
     Band,
     Category,
@@ -128,9 +131,14 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            # One byte past the limit is enough to refuse it: a huge file (or /dev/zero) is never read whole.
+            data = fh.read(yaml_screen.MAX_RULE_FILE_BYTES + 1)
+            stat = os.fstat(fh.fileno())
     except OSError as exc:
         raise RuleFileError(path, [Problem(path, 1, f"cannot read rule file: {exc.strerror}")]) from exc
+    if len(data) > yaml_screen.MAX_RULE_FILE_BYTES:
+        size = stat.st_size if S_ISREG(stat.st_mode) else None
+        raise RuleFileError(path, [Problem(path, *yaml_screen.too_large(size))])
     return parse_policy(data, path)
 
 
@@ -144,16 +152,19 @@ def parse_policy(data: bytes, file: str = "<rules>") -> Policy:
 def check_policy(data: bytes, file: str = "<rules>") -> tuple[Policy | None, list[Problem]]:
     """Validate; return (policy or None, problems). Never raises on content."""
     checker = _Checker(file)
+    text, found = yaml_screen.decode(data)
+    if text is not None:
+        found = yaml_screen.screen(text)
+    if found:
+        return None, sorted((Problem(file, *f) for f in found), key=lambda p: p.line)
     try:
-        root = yaml.compose(data.decode("utf-8"), Loader=yaml.SafeLoader)
-    except UnicodeDecodeError:
-        return None, [Problem(file, 1, "rule file is not UTF-8 text")]
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         return None, [Problem(file, line, f"YAML syntax error: {exc.problem}", "check indentation and quoting")]
     except yaml.YAMLError as exc:
-        return None, [Problem(file, 1, f"YAML error: {exc}")]
+        return None, [Problem(file, 1, f"YAML error: {exc}", "check the file against rules/policies/default.yaml")]
     if root is None:
         return None, [Problem(file, 1, "rule file is empty", "start from rules/policies/default.yaml")]
     top = checker.mapping(root, "the rule file")

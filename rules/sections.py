@@ -38,9 +38,14 @@ RUNG_KEYS = {
 
 
 def construct_scalar(node: yaml.Node) -> Any:
+    """The value of a scalar node, or None when the safe loader cannot build one (`!!int abc`, a
+    plain `=`, a date like 2026-02-30): the caller then reports the key's problem as for any
+    wrong value, instead of the loader's traceback."""
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+        return None
     finally:
         loader.dispose()
 
