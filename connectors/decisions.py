@@ -1,6 +1,6 @@
 """Moderator decisions v1 (appeal outcomes, review verdicts): bytes in, a Decision or a
-Rejection (reason invalid_decision) out, never an exception. Schema:
-connectors/schemas/decision-v1.json."""
+Rejection out, never an exception: reason too_large over the alerts' limit (64 KiB, not parsed),
+invalid_decision for anything else wrong. Schema: connectors/schemas/decision-v1.json."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from typing import NamedTuple
 import fastjsonschema
 import orjson
 
-from connectors.alerts import NO_SOURCE, Rejection, Source
+from connectors.alerts import (
+    MAX_PAYLOAD_BYTES,
+    MAX_RAW_BYTES,
+    NO_SOURCE,
+    Rejection,
+    Source,
+)
 from connectors.record_schemas import load
 
 _validate = fastjsonschema.compile(load("decision-v1.json"))
@@ -25,10 +31,17 @@ class Decision(NamedTuple):
     event_time_ms: int
 
 
-def parse_decision(value: bytes | None, source: Source = NO_SOURCE) -> Decision | Rejection:
-    raw = bytes(value or b"")[:4096]
+def parse_decision(value: bytes | None, source: Source = NO_SOURCE, size_bytes: int | None = None,
+                   max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> Decision | Rejection:
+    """`size_bytes` is the original size when `value` was already cut short upstream (the Java
+    source cuts every record over the limit, decisions as alerts)."""
+    value = bytes(value or b"")
+    raw = value[:MAX_RAW_BYTES]
+    size = len(value) if size_bytes is None or size_bytes < 0 else size_bytes
+    if size > max_payload_bytes:  # as alerts: never parsed, so a huge document costs nothing
+        return Rejection("too_large", f"{size} bytes > limit {max_payload_bytes}", raw, size, source)
     try:
-        doc = orjson.loads(bytes(value or b""))  # strict like alerts (connectors/alerts.py)
+        doc = orjson.loads(value)  # strict like alerts (connectors/alerts.py)
         _validate(doc)
     except fastjsonschema.JsonSchemaValueException as exc:
         user = doc.get("user_id") if isinstance(doc, dict) and isinstance(doc.get("user_id"), str) else None

@@ -203,7 +203,7 @@ class PenaltyFunction(KeyedProcessFunction):
         is_decision = topic_index == 1
         if is_decision:
             counts.add("decisions_in")
-            result = parse_decision(payload, source)
+            result = parse_decision(payload, source, size, self.max_payload_bytes)
         else:
             counts.add("alerts_in")
             result = parse_alert(payload, source, size, self.max_payload_bytes, self.max_future_skew_ms)
