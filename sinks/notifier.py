@@ -11,7 +11,10 @@
 
 Each notification is delivered once even when the notifier restarts mid-batch: its id is
 recorded in Redis (`penalty:sent:<notification_id>`, kept 90 days) right after delivery (in the
-same transaction for in-app messages) and skipped when seen again.
+same transaction for in-app messages) and skipped when seen again. Email is at-least-once: a
+crash between the SMTP send and the marker sends it again, with the same Message-ID. A failed
+delivery is retried with backoff, the email and in-app channels each in their own queue, so an
+SMTP outage holds up email only.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import smtplib
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -81,6 +85,12 @@ def verify_appeal_link(link: str, secret: bytes, now_ms: int) -> tuple[str, str]
     return incident_id, user_id
 
 
+def message_id(notification_id: str, sender: str) -> str:
+    """`<ntf_...@sender's domain>`: the same for every send of one notification."""
+    domain = sender.rpartition("@")[2] if "@" in sender else ""
+    return f"<{notification_id}@{domain or 'stream-penalty.invalid'}>"
+
+
 def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC") if ms else ""
 
@@ -132,7 +142,7 @@ class Notifier:
                               record["event_time_ms"] + APPEAL_WINDOW_MS)
         subject, body = render(record, url)
         if record["channel"] == "email":
-            self._email(record["recipient_id"], subject, body)
+            self._email(record["notification_id"], record["recipient_id"], subject, body)
             self.client.set(sent_key, 1, ex=SENT_TTL_S)
             return True
         recipient = record["recipient_id"]
@@ -147,8 +157,11 @@ class Notifier:
             pipe.execute()
         return True
 
-    def _email(self, user_id: str, subject: str, body: str) -> None:
+    def _email(self, notification_id: str, user_id: str, subject: str, body: str) -> None:
         message = EmailMessage()
+        # Stable, from the notification's id: if a crash between the send and the sent marker
+        # makes the notifier send it again, the repeat carries the same Message-ID.
+        message["Message-ID"] = message_id(notification_id, self.smtp.sender)
         message["From"] = self.smtp.sender
         message["To"] = f"{user_id}@users.stream-penalty.invalid"  # the user directory maps ids to addresses
         message["Subject"] = subject
@@ -161,38 +174,101 @@ class Notifier:
             server.send_message(message)
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Waits between attempts of a failed delivery: first_s, doubling up to max_s."""
+
+    first_s: float = 1.0
+    max_s: float = 8.0
+    max_waiting: int = 10_000  # records waiting for a retry before the notifier stops reading
+
+
+class _Lane:
+    """The records of one channel (email, or in-app) that wait for a retry, in arrival order.
+
+    While one waits, later records of the same channel queue behind it: order is kept, and an SMTP
+    outage costs one connection attempt per wait, not one per email. The other lane goes on, so
+    in-app messages are not held up by a mail server that is down."""
+
+    def __init__(self, retry: RetryPolicy):
+        self.retry = retry
+        self.waiting: deque[tuple[tuple[str, int], int, dict]] = deque()  # ((topic, partition), offset, record)
+        self.wait_s = 0.0
+        self.next_try = 0.0
+
+    def failed(self, record: dict, exc: Exception, counts: dict) -> None:
+        self.wait_s = min(self.retry.max_s, self.wait_s * 2) if self.wait_s else self.retry.first_s
+        self.next_try = time.monotonic() + self.wait_s
+        counts["failed"] += 1
+        log.warning("delivery of %s failed (%s); retrying in %.0f s, %d waiting", record["notification_id"], exc,
+                    self.wait_s, len(self.waiting))
+
+    def offer(self, notifier: Notifier, where: tuple[str, int], offset: int, record: dict, counts: dict) -> None:
+        self.waiting.append((where, offset, record))
+        if len(self.waiting) == 1:
+            self.drain(notifier, counts)
+
+    def drain(self, notifier: Notifier, counts: dict) -> None:
+        """Deliver from the head while it goes through; on a failure wait (backoff) before the next try."""
+        if time.monotonic() < self.next_try:
+            return
+        while self.waiting:
+            record = self.waiting[0][2]
+            try:
+                counts["delivered" if notifier.deliver(record) else "repeated"] += 1
+            except (OSError, smtplib.SMTPException, redis.RedisError) as exc:
+                self.failed(record, exc, counts)
+                return
+            self.waiting.popleft()
+            self.wait_s = 0.0
+
+
 def run(bootstrap: str, notifier: Notifier, topic: str = "notifications", group_id: str = "notifier",
-        stop=lambda: False, idle_exit_s: float | None = None) -> dict:
-    from confluent_kafka import Consumer
+        stop=lambda: False, idle_exit_s: float | None = None, retry: RetryPolicy = RetryPolicy()) -> dict:
+    """Consume and deliver until stop() (or idle_exit_s without records and nothing waiting).
+
+    A failed delivery is retried until it goes through: a notification is never dropped. Offsets
+    are committed per partition up to the first record still waiting, so a restart redelivers
+    what was not sent (records sent already are skipped by their sent marker)."""
+    from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "group.instance.id": f"{group_id}-1",
                          "isolation.level": "read_committed", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     counts = {"delivered": 0, "repeated": 0, "failed": 0}
+    lanes = {"email": _Lane(retry), "in_app": _Lane(retry)}
+    read_to: dict[tuple[str, int], int] = {}  # next offset to read, per partition
+    committed: dict[tuple[str, int], int] = {}
+    paused = False
     last = time.monotonic()
     try:
         while not stop():
-            batch = [m for m in consumer.consume(200, timeout=0.5) if not m.error()]
-            if not batch:
-                if idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
-                    break
-                continue
-            last = time.monotonic()
+            waiting = sum(len(lane.waiting) for lane in lanes.values())
+            if (waiting >= retry.max_waiting) != paused:  # bound the memory an outage can take
+                paused = not paused
+                (consumer.pause if paused else consumer.resume)(consumer.assignment())
+            batch = [m for m in consumer.consume(200, timeout=0.2 if waiting else 0.5) if not m.error()]
+            for lane in lanes.values():
+                lane.drain(notifier, counts)
+            if batch:
+                last = time.monotonic()
+            elif not waiting and idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                break
             for msg in batch:
+                where = (msg.topic(), msg.partition())
                 record = json.loads(msg.value())
-                while True:
-                    try:
-                        counts["delivered" if notifier.deliver(record) else "repeated"] += 1
-                        break
-                    except (OSError, smtplib.SMTPException, redis.RedisError) as exc:
-                        # Retry until it goes through: a notification is never dropped.
-                        log.warning("delivery of %s failed (%s); retrying", record["notification_id"], exc)
-                        counts["failed"] += 1
-                        time.sleep(1)
-                        if stop():
-                            return counts
-            consumer.commit(asynchronous=False)
+                lanes["email" if record["channel"] == "email" else "in_app"].offer(
+                    notifier, where, msg.offset(), record, counts)
+                read_to[where] = msg.offset() + 1
+            commit_to = dict(read_to)
+            for lane in lanes.values():
+                for where, offset, _ in lane.waiting:
+                    commit_to[where] = min(commit_to[where], offset)
+            changed = [TopicPartition(t, p, o) for (t, p), o in commit_to.items() if committed.get((t, p)) != o]
+            if changed:
+                consumer.commit(offsets=changed, asynchronous=False)
+                committed.update(commit_to)
     finally:
         consumer.close()
     return counts
