@@ -45,6 +45,15 @@ class FakeFlink(ThreadingHTTPServer):
             names = path[len(base) + 5:].split("&")[0].split(",")
             assert path.endswith("&agg=min,sum")
             return [{"id": n, "min": self.metrics[n][0], "sum": self.metrics[n][1]} for n in names if n in self.metrics]
+        if path.startswith("/jobs/job-1/checkpoints/details/"):
+            # Two subtasks per vertex; the watch keeps the slowest of each part.
+            checkpoint_id = int(path.split("/")[5])
+            return {"subtasks": [
+                {"status": "completed", "start_delay": checkpoint_id, "alignment": {"duration": 2},
+                 "checkpoint": {"sync": 10 * checkpoint_id, "async": 7}},
+                {"status": "completed", "start_delay": 1, "alignment": {"duration": 3},
+                 "checkpoint": {"sync": 5, "async": 70}},
+                {"status": "pending_or_failed"}]}
         return {"history": self.history}
 
 
@@ -85,11 +94,17 @@ def test_the_watch_collects_completed_checkpoints_as_the_history_rolls_over():
         server.shutdown()
     assert server.paths[0] == "/jobs/job-1/checkpoints"
     assert sorted(watch.completed) == [2, 3, 4, 5]
+    # Each checkpoint's parts were read once, for both vertices, the slowest subtask of each part.
+    assert sorted(watch.parts) == [2, 3, 4, 5]
+    assert watch.parts[5]["v-op"] == {"start_delay": 5, "alignment": 3, "sync": 50, "async": 70}
+    source = {"start_delay": [4, 5], "alignment": [3, 3], "sync": [40, 50], "async": [70, 70]}
     assert watch.summary(since_ms=0) == {"checkpoints": 4, "checkpoint_p50_ms": 400, "checkpoint_p99_ms": 500,
-                                         "checkpoint_max_ms": 500}
+                                         "checkpoint_max_ms": 500,
+                                         "checkpoint_parts_ms": {"Source: alerts source": source,
+                                                                 "penalty decisions": source}}
     # Only those triggered in the measured period (trigger time 4,000 ms or later).
-    assert watch.summary(since_ms=4_000) == {"checkpoints": 2, "checkpoint_p50_ms": 500,
-                                             "checkpoint_p99_ms": 500, "checkpoint_max_ms": 500}
+    assert watch.summary(since_ms=4_000)["checkpoints"] == 2
+    assert watch.summary(since_ms=4_000)["checkpoint_parts_ms"]["penalty decisions"]["sync"] == [50, 50]
     assert watch.summary(since_ms=10_000) == {"checkpoints": 0}
 
 

@@ -34,13 +34,20 @@ class CheckpointWatch(threading.Thread):
     """Records every completed checkpoint of a running job from Flink's REST history (polled each
     second; the history keeps the last 10, i.e. 2.5 s at the 250 ms interval): under exactly-once
     a record's output becomes visible when the next checkpoint completes, so their durations
-    explain the latency tail."""
+    explain the latency tail. For each one it also reads where the time went, per vertex, slowest
+    subtask: the barrier's wait to reach the task (start delay), alignment, the synchronous part
+    (the operators' snapshot: flushing the Python bundle, the Kafka producer's flush) and the
+    asynchronous part (RocksDB upload)."""
+
+    PARTS = ("start_delay", "alignment", "sync", "async")
 
     def __init__(self, rest_port: int, job_id: str):
         super().__init__(daemon=True)
         self.rest_port, self.job_id = rest_port, job_id
         self.done = threading.Event()
         self.completed: dict[int, tuple[int, int]] = {}  # id -> (trigger time ms, end-to-end ms)
+        self.names: dict[str, str] = {}  # vertex id -> short name
+        self.parts: dict[int, dict[str, dict[str, int]]] = {}  # id -> vertex -> part -> ms
 
     def run(self) -> None:
         while not self.done.wait(1.0):
@@ -49,15 +56,46 @@ class CheckpointWatch(threading.Thread):
             except (OSError, ValueError):
                 continue
             for entry in history:
-                if entry.get("status") == "COMPLETED":
+                if entry.get("status") == "COMPLETED" and entry["id"] not in self.completed:
                     self.completed[entry["id"]] = (entry["trigger_timestamp"], entry["end_to_end_duration"])
+                    self._read_parts(entry["id"])
+
+    def _read_parts(self, checkpoint_id: int) -> None:
+        try:
+            if not self.names:
+                vertices = rest_get(self.rest_port, f"/jobs/{self.job_id}").get("vertices", [])
+                self.names = {v["id"]: v["name"].split(" -> ")[0][:40] for v in vertices}
+            parts = {}
+            for vertex in self.names:
+                detail = rest_get(self.rest_port,
+                                  f"/jobs/{self.job_id}/checkpoints/details/{checkpoint_id}/subtasks/{vertex}")
+                subtasks = [s for s in detail.get("subtasks", []) if s.get("status") == "completed"]
+                if subtasks:
+                    parts[vertex] = {
+                        "start_delay": max(s.get("start_delay", 0) for s in subtasks),
+                        "alignment": max(s.get("alignment", {}).get("duration", 0) for s in subtasks),
+                        "sync": max(s.get("checkpoint", {}).get("sync", 0) for s in subtasks),
+                        "async": max(s.get("checkpoint", {}).get("async", 0) for s in subtasks)}
+            self.parts[checkpoint_id] = parts
+        except (OSError, ValueError, KeyError):
+            pass
 
     def summary(self, since_ms: int) -> dict:
-        durations = [ms for trigger_ms, ms in self.completed.values() if trigger_ms >= since_ms]
+        ids = [cid for cid, (trigger_ms, _) in self.completed.items() if trigger_ms >= since_ms]
+        durations = [self.completed[cid][1] for cid in ids]
         if not durations:
             return {"checkpoints": 0}
+        by_vertex: dict[str, dict[str, list[int]]] = {}
+        for cid in ids:
+            for vertex, parts in self.parts.get(cid, {}).items():
+                for part, ms in parts.items():
+                    by_vertex.setdefault(self.names.get(vertex, vertex), {}).setdefault(part, []).append(ms)
         return {"checkpoints": len(durations), "checkpoint_p50_ms": percentile(durations, 0.5),
-                "checkpoint_p99_ms": percentile(durations, 0.99), "checkpoint_max_ms": max(durations)}
+                "checkpoint_p99_ms": percentile(durations, 0.99), "checkpoint_max_ms": max(durations),
+                # per vertex and part: [p50, p99] in ms over the checkpoints of the period
+                "checkpoint_parts_ms": {name: {part: [percentile(v, 0.5), percentile(v, 0.99)]
+                                               for part, v in parts.items()}
+                                        for name, parts in by_vertex.items()}}
 
 
 def measure_latency(args) -> dict:
@@ -186,4 +224,6 @@ def latency_table(r: dict) -> str:
             f"p50 {r['p50_s']} s, p95 {r['p95_s']} s, p99 {r['p99_s']} s, max {r['max_s']} s\n"
             f"  p99 by 10 s of send time: {r['p99_s_by_10s']}\n"
             f"  {r['checkpoints']} checkpoints in the measured period: p50 {r.get('checkpoint_p50_ms')} ms, "
-            f"p99 {r.get('checkpoint_p99_ms')} ms, max {r.get('checkpoint_max_ms')} ms")
+            f"p99 {r.get('checkpoint_p99_ms')} ms, max {r.get('checkpoint_max_ms')} ms"
+            + "".join(f"\n    {name}: " + ", ".join(f"{part} {p50}/{p99}" for part, (p50, p99) in parts.items())
+                      + " ms (p50/p99)" for name, parts in r.get("checkpoint_parts_ms", {}).items()))
