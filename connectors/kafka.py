@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pyflink.common import Duration, Types, WatermarkStrategy
 from pyflink.datastream import DataStream, KeyedStream
+from pyflink.datastream.connectors import Source
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetsInitializer,
@@ -119,9 +120,12 @@ def alert_source(
     max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     max_future_skew_ms: int = MAX_FUTURE_SKEW_MS,
     extra_properties: dict[str, str] | None = None,
-) -> KafkaSource:
+    fetch_backoff_ms: int = 0,
+) -> Source:
     """read_committed source of raw records (alerts, and moderator decisions when their topic is
-    listed too: one consumer per subtask for both); see RAW_ALERT_TYPE."""
+    listed too: one consumer per subtask for both); see RAW_ALERT_TYPE. With fetch_backoff_ms,
+    the same KafkaSource whose consumer pauses that long after an empty fetch
+    (IdleBackoffKafkaSource; its splits and savepoint state are KafkaSource's)."""
     if starting == "earliest":
         offsets = KafkaOffsetsInitializer.earliest()
     elif starting == "latest":
@@ -148,7 +152,10 @@ def alert_source(
         "penalty.connectors.AlertRecordDeserializer", max_payload_bytes, MAX_RAW_BYTES, max_future_skew_ms
     )
     builder._j_builder.setDeserializer(deserializer)
-    return builder.build()
+    source = builder.build()
+    if fetch_backoff_ms <= 0:
+        return source
+    return Source(_new("penalty.connectors.IdleBackoffKafkaSource", source.get_java_function(), fetch_backoff_ms))
 
 
 def alert_watermarks(max_out_of_orderness_ms: int, idleness_ms: int) -> WatermarkStrategy:

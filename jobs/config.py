@@ -61,6 +61,11 @@ class JobConfig:
     # this many buffered records or this long after the first, and always before a checkpoint.
     bundle_records: int = 2000
     bundle_ms: int = 20
+    # After a fetch that brought nothing, the source's consumer asks again after this long
+    # (connectors/java IdleBackoffKafkaSource): against a broker that answers empty fetches at
+    # once instead of holding them (the local one) an idle consumer otherwise busy-loops. It is
+    # the most a record waits for longer. 0: plain KafkaSource.
+    fetch_backoff_ms: int = 5
     dedupe_horizon_ms: int = DAY_MS
     incident_window_ms: int = 60_000
     max_out_of_orderness_ms: int = 5_000
@@ -107,6 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="records buffered (over all key groups) before a bundle flush")
     parser.add_argument("--bundle-ms", type=int, default=d.bundle_ms,
                         help="at most this long between a record's arrival and its bundle's flush")
+    parser.add_argument("--fetch-backoff-ms", type=int, default=d.fetch_backoff_ms,
+                        help="the source's pause after an empty fetch (0: none; see jobs/config.py)")
     parser.add_argument("--dedupe-horizon-ms", type=int, default=d.dedupe_horizon_ms)
     parser.add_argument("--incident-window-ms", type=int, default=d.incident_window_ms)
     parser.add_argument("--max-out-of-orderness-ms", type=int, default=d.max_out_of_orderness_ms)
@@ -143,8 +150,9 @@ def from_args(args: argparse.Namespace) -> JobConfig:
     kafka = _pairs("--kafka-property", args.kafka_property)
     if args.state_cache_users < 0:
         raise SystemExit(f"--state-cache-users must be 0 (off) or more, got {args.state_cache_users}")
-    if args.max_parallelism < 1 or args.bundle_records < 1 or args.bundle_ms < 0:
-        raise SystemExit("--max-parallelism and --bundle-records must be 1 or more, --bundle-ms 0 or more")
+    if args.max_parallelism < 1 or args.bundle_records < 1 or args.bundle_ms < 0 or args.fetch_backoff_ms < 0:
+        raise SystemExit("--max-parallelism and --bundle-records must be 1 or more, "
+                         "--bundle-ms and --fetch-backoff-ms 0 or more")
     if args.checkpoint_interval_ms is not None:
         conf.append(("execution.checkpointing.interval", f"{args.checkpoint_interval_ms}ms"))
     if args.checkpoint_dir:
@@ -164,6 +172,7 @@ def from_args(args: argparse.Namespace) -> JobConfig:
         max_parallelism=args.max_parallelism,
         bundle_records=args.bundle_records,
         bundle_ms=args.bundle_ms,
+        fetch_backoff_ms=args.fetch_backoff_ms,
         dedupe_horizon_ms=args.dedupe_horizon_ms,
         incident_window_ms=args.incident_window_ms,
         max_out_of_orderness_ms=args.max_out_of_orderness_ms,

@@ -63,6 +63,7 @@ def source_stream(env: StreamExecutionEnvironment, config: JobConfig) -> DataStr
     source = kafka.alert_source(
         config.bootstrap_servers, [topics.alerts, topics.decisions], config.group_id, config.starting_offsets,
         config.bounded, config.max_payload_bytes, config.max_future_skew_ms, dict(config.source_properties),
+        config.fetch_backoff_ms,
     )
     return env.from_source(
         source, kafka.alert_watermarks(config.max_out_of_orderness_ms, config.idleness_ms), "alerts source"

@@ -78,3 +78,11 @@ def test_a_relative_restore_path_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     conf = dict(parse("--restore-from", "savepoints/savepoint-1").flink_conf)
     assert conf["execution.state-recovery.path"] == (tmp_path / "savepoints" / "savepoint-1").as_uri()
+
+
+def test_the_source_pauses_after_an_empty_fetch_by_default_and_the_flag_sets_or_disables_it():
+    assert parse().fetch_backoff_ms == 5
+    assert parse("--fetch-backoff-ms", "0").fetch_backoff_ms == 0
+    assert parse("--fetch-backoff-ms", "20").fetch_backoff_ms == 20
+    with pytest.raises(SystemExit, match="--fetch-backoff-ms 0 or more"):
+        parse("--fetch-backoff-ms", "-1")
