@@ -197,6 +197,25 @@ def parse_alert(
         return Rejection("not_json", f"unparseable: {type(exc).__name__}", raw, len(raw), source)
 
 
+# Evidence travels on into review records as JSON: orjson writes at most 254 levels and the
+# standard library's encoder then overflows Python's stack, so a deeper (but tiny, ~6 KB)
+# document would crash the operator on every replay. No detector needs more than a few levels.
+MAX_EVIDENCE_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """Nesting levels of a JSON value (1 for an empty object), without recursion."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        node, depth = level.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_EVIDENCE_DEPTH:
+            return depth
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        level.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
     if value is None or len(value) == 0:
         return Rejection("empty", "record has no value", b"", 0, source)
@@ -235,6 +254,8 @@ def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
                 raw, size, source, user_id,
             )
     evidence = doc.get("evidence")
+    if evidence and value.count(b"{") + value.count(b"[") > MAX_EVIDENCE_DEPTH and _depth(evidence) > MAX_EVIDENCE_DEPTH:
+        return Rejection("schema", f"evidence: nested deeper than {MAX_EVIDENCE_DEPTH} levels", raw, size, source, user_id)
     # Positional: the field order of Alert (keywords cost a little on every alert).
     return Alert(doc["alert_id"], doc["stream_id"], doc["user_id"], doc["detector_id"], doc["violation_type"],
                  float(doc["confidence"]), event_time_ms, doc.get("model_version"), evidence if evidence else None)
