@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the job and the tests need on a fresh machine:
-# the venv, the Kafka connector jars (sha256-verified), the project's own Java helpers and
-# redis-server. A second run only checks stamps and returns in about a second.
+# the venv, the Kafka connector jars (sha256-verified), the project's own Java helpers,
+# redis-server and promtool. A second run only checks stamps and returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,6 +13,7 @@ CONNECTOR_SHA=842885a51c768b2f31c946a2071656c166ee8cc6d3c02fe6c557e134e03bf228
 CLIENTS_SHA=7568b998572d256f0b7bc0afdc1b7a2588b8b08415c62ce314c864a6851ae9d9
 EXTRAS=${PENALTY_EXTRAS:-dev}        # the container image installs [runtime] deps only: PENALTY_EXTRAS=""
 WITH_REDIS=${PENALTY_WITH_REDIS:-1}  # the container image has no local Redis: 0
+WITH_PROMTOOL=${PENALTY_WITH_PROMTOOL:-1}  # nor the tests of the alert rules: 0
 
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*"; }
@@ -80,14 +81,27 @@ if [ ! -f "$JARS/penalty-connectors.jar" ] || [ "$(cat "$JARS/penalty-connectors
   echo "$src_sha" > "$JARS/penalty-connectors.sha256"
 fi
 
-# 4. redis-server (Debian package).
-if [ "$WITH_REDIS" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing redis-server"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null \
-      || die "apt-get install redis-server failed"
-  else
-    die "redis-server is missing: run 'sudo apt-get install -y redis-server' and retry"
+# 4. Debian packages: redis-server (the real-stack tests, `make run`) and prometheus, which brings
+#    promtool (tests/test_prometheus_rules.py checks and unit-tests deploy/prometheus/alerts.yml).
+#    The package lists are refreshed only when they do not know the package or are too old to
+#    install from.
+apt_install() { # package command
+  local pkg=$1 cmd=$2
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    die "$cmd is missing: run 'sudo apt-get install -y $pkg' and retry"
   fi
+  say "installing $pkg (for $cmd)"
+  if ! apt-cache show "$pkg" >/dev/null 2>&1 \
+     || ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg") >/dev/null \
+      || die "apt-get install $pkg failed (see above), so $cmd is missing: install $pkg and retry"
+  fi
+  command -v "$cmd" >/dev/null 2>&1 || die "$pkg is installed but $cmd is not on PATH: install $pkg and retry"
+}
+if [ "$WITH_REDIS" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
+  apt_install redis-server redis-server
+fi
+if [ "$WITH_PROMTOOL" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus promtool
 fi
 say "ready (venv: .venv, jars: .cache/jars)"
