@@ -119,15 +119,21 @@ class CachedMap:
         self.complete = False
 
     def written(self, key: str, value: Any) -> None:
+        self.written_all({key: value})
+
+    def written_all(self, changes: dict[str, Any]) -> None:
+        """Entries just written (value or DELETED), in order."""
         if not self.keep:
             return
-        if value is not DELETED:
-            self.known[key] = value
-        elif self.complete:
-            self.known.pop(key, None)  # complete: absent is an answer
-        else:
-            self.known[key] = None
-        if len(self.known) > MAX_KNOWN_ENTRIES:
+        known, complete = self.known, self.complete
+        for key, value in changes.items():
+            if value is not DELETED:
+                known[key] = value
+            elif complete:
+                known.pop(key, None)  # complete: absent is an answer
+            else:
+                known[key] = None
+        if len(known) > MAX_KNOWN_ENTRIES:
             self.forget()
 
 
@@ -136,10 +142,25 @@ def new_map(view: PrefixedView, name: str, complete: bool) -> CachedMap:
 
 
 class CachedUser:
-    __slots__ = ("maps", "state")
+    """A user's state as stored, its maps, and its timer (`wake`, the stored state's next_wake_ms,
+    kept so that a step asks the state once, not once before and once after)."""
+
+    __slots__ = ("maps", "state", "views", "wake")
 
     def __init__(self, state: UserState | None, maps: dict[str, CachedMap]):
         self.state, self.maps = state, maps
+        self.wake = state.next_wake_ms() if state is not None else None
+        self.views = clean_views(maps)
+
+
+def clean_views(maps: dict[str, CachedMap]) -> dict[str, Layered]:
+    """A view with no changes over each map, made once per user instead of once per step: a
+    Layered never changes (set and delete return new ones), so every step can start from these."""
+    return {name: Layered(cached_map) for name, cached_map in maps.items()}
+
+
+# What store() needs of each map, in MAP_NAMES order: (name, key prefix, value encoder).
+_MAP_WRITES = tuple((name, ENTRY_PREFIX[name], CODECS[name][0]) for name in MAP_NAMES)
 
 
 class UserStore:
@@ -178,23 +199,22 @@ class UserStore:
         """Write the step's changes and the ledger, then keep `state` as a clean view over the
         cached maps. (A step that started from no state built its maps over empty dicts, which
         never see the writes.)"""
-        maps, puts, remove = cached.maps, {}, self.entries.remove
+        maps, views, puts = cached.maps, cached.views, {}
         clean: dict[str, Layered] = {}  # the views to replace: only maps with changes or a stale base
         # The loop of UserState.flush inlined: ~4 entries per alert, each a call less.
-        for name in MAP_NAMES:
-            layered, cached_map = getattr(state, name), maps[name]
+        for name, prefix, encode in _MAP_WRITES:
+            layered = getattr(state, name)
             changes = layered.changes
             if changes:
-                prefix, encode = ENTRY_PREFIX[name], CODECS[name][0]
-                written = cached_map.written
                 for key, value in changes.items():
                     if value is DELETED:
-                        remove(prefix + key)
+                        self.entries.remove(prefix + key)
                     else:
                         puts[prefix + key] = encode(value)
-                    written(key, value)
-            if changes or layered.base is not cached_map:
-                clean[name] = Layered(cached_map)
+                maps[name].written_all(changes)
+                clean[name] = views[name]
+            elif layered.base is not maps[name]:
+                clean[name] = views[name]
         puts[LEDGER_KEY] = state.encode()
         self.entries.put_all(puts)
         cached.state = state.with_(**clean)
@@ -205,6 +225,7 @@ class UserStore:
         cached.state = None
         for name in MAP_NAMES:
             cached.maps[name] = new_map(self.views[name], name, complete=True)
+        cached.views = clean_views(cached.maps)
 
     def _move_legacy(self) -> str | None:
         """A format-3 user: copy the ledger and every map entry, as stored, into the entries state
@@ -227,12 +248,14 @@ def apply_step(users: UserStore, cached: CachedUser, step) -> tuple[int | None, 
     """Keep what a core step (rules.core.Step) left of the user: store its state, or clear the user
     when nothing is left. Returns the user's timer before and after the step (None: no timer): the
     one timer per user moves when they differ."""
-    previous = cached.state
-    if step.state is not previous:
-        if step.state is None:
-            users.clear(cached)
-        else:
-            users.store(cached, step.state)
-    old_wake = previous.next_wake_ms() if previous is not None else None
-    new_wake = step.state.next_wake_ms() if step.state is not None else None
+    old_wake = cached.wake
+    if step.state is cached.state:  # a retry, nothing changed
+        return old_wake, old_wake
+    if step.state is None:
+        users.clear(cached)
+        new_wake = None
+    else:
+        users.store(cached, step.state)
+        new_wake = step.state.next_wake_ms()
+    cached.wake = new_wake
     return old_wake, new_wake

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from rules import compact_json
 
 # Bump with a migration when the layout changes. 4: the ledger fields of 3, stored with the maps'
@@ -357,18 +359,20 @@ class UserState:
     # ----------------------------------------------------------- encoding
     def encode(self) -> str:
         """The ledger value (the maps are written entry by entry, see CODECS)."""
-        return _compact(
-            [
-                STATE_FORMAT,
-                self.user_version,
-                self.banned,
-                self.suspended_until_ms,
-                self.strikes,  # each Strike an array of its fields
-                self.sanction_incident,
-                self.incident_seq,
-                self.queues,
-            ]
-        )
+        # Written on every step, while the strikes (a repeat offender has several) change only on
+        # enforcements and expiries: their JSON is kept beside the tuple it was made of, and
+        # copies of the state (with_) carry it along until the tuple is replaced.
+        strikes = self.strikes
+        cached = self.__dict__.get("_strikes_json")
+        try:
+            if cached is None or cached[0] is not strikes:
+                cached = (strikes, orjson.Fragment(orjson.dumps(strikes, list)))
+                self.__dict__["_strikes_json"] = cached
+            return orjson.dumps([STATE_FORMAT, self.user_version, self.banned, self.suspended_until_ms,
+                                 cached[1], self.sanction_incident, self.incident_seq, self.queues], list).decode()
+        except TypeError:  # what orjson cannot write: the whole value as _compact writes it
+            return _compact([STATE_FORMAT, self.user_version, self.banned, self.suspended_until_ms,
+                             strikes, self.sanction_incident, self.incident_seq, self.queues])
 
     @staticmethod
     def decode(text: str | None, bases: dict[str, MapBase] | None = None,
