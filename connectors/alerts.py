@@ -216,20 +216,8 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
-    if value is None or len(value) == 0:
-        return Rejection("empty", "record has no value", b"", 0, source)
-    value = bytes(value)
-    size = len(value) if size_bytes is None or size_bytes < 0 else size_bytes
-    if size > max_payload_bytes:
-        return Rejection(
-            "too_large", f"{size} bytes > limit {max_payload_bytes}", value[:MAX_RAW_BYTES], size, source
-        )
-    raw = value[:MAX_RAW_BYTES]
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return _not_json(value, str(exc), raw, size, source)
+def _invalid(doc: Any, raw: bytes, size: int, source: Source) -> Rejection | None:
+    """The validator's judgement of a document the fast path did not vouch for: None if valid."""
     user_id = doc.get("user_id") if isinstance(doc, dict) else None
     user_id = user_id if isinstance(user_id, str) and user_id else None
     if isinstance(doc, dict) and "schema_version" in doc and doc["schema_version"] != 1:
@@ -239,23 +227,44 @@ def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
             raw, size, source, user_id,
         )
     try:
-        if not _plainly_valid(doc):
-            _validate(doc)
+        _validate(doc)
     except fastjsonschema.JsonSchemaValueException as exc:
-        detail = f"{_field_of(exc, doc)}: {_problem_of(exc)}"
-        return Rejection("schema", detail, raw, size, source, user_id)
-    event_time_ms = int(doc["event_time_ms"])
+        return Rejection("schema", f"{_field_of(exc, doc)}: {_problem_of(exc)}", raw, size, source, user_id)
+    return None
+
+
+def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
+    if value is None or len(value) == 0:
+        return Rejection("empty", "record has no value", b"", 0, source)
+    value = bytes(value)
+    size = len(value) if size_bytes is None or size_bytes < 0 else size_bytes
+    if size > max_payload_bytes:
+        return Rejection(
+            "too_large", f"{size} bytes > limit {max_payload_bytes}", value[:MAX_RAW_BYTES], size, source
+        )
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return _not_json(value, str(exc), value[:MAX_RAW_BYTES], size, source)
+    if _plainly_valid(doc):  # nearly every alert: what the checks below would find, known already
+        user_id, event_time_ms = doc["user_id"], doc["event_time_ms"]
+    else:
+        rejection = _invalid(doc, value[:MAX_RAW_BYTES], size, source)
+        if rejection is not None:
+            return rejection
+        user_id, event_time_ms = doc["user_id"], int(doc["event_time_ms"])
     if (source.timestamp_ms is not None and source.timestamp_ms >= 0
             and event_time_ms > source.timestamp_ms + max_future_skew_ms):
             return Rejection(
                 "event_time_in_future",
                 f"event_time_ms {event_time_ms} is {event_time_ms - source.timestamp_ms} ms after "
                 f"the record was produced (limit {max_future_skew_ms} ms)",
-                raw, size, source, user_id,
+                value[:MAX_RAW_BYTES], size, source, user_id,
             )
     evidence = doc.get("evidence")
     if evidence and value.count(b"{") + value.count(b"[") > MAX_EVIDENCE_DEPTH and _depth(evidence) > MAX_EVIDENCE_DEPTH:
-        return Rejection("schema", f"evidence: nested deeper than {MAX_EVIDENCE_DEPTH} levels", raw, size, source, user_id)
+        return Rejection("schema", f"evidence: nested deeper than {MAX_EVIDENCE_DEPTH} levels", value[:MAX_RAW_BYTES],
+                         size, source, user_id)
     # Positional: the field order of Alert (keywords cost a little on every alert).
     return Alert(doc["alert_id"], doc["stream_id"], doc["user_id"], doc["detector_id"], doc["violation_type"],
                  float(doc["confidence"]), event_time_ms, doc.get("model_version"), evidence if evidence else None)
