@@ -137,7 +137,8 @@ class Operator:
             return
         # The watermark this record sees: what came before it, less the out-of-orderness.
         watermark_ms = None if self.highest_ms is None else self.highest_ms - self.config.max_out_of_orderness_ms
-        if watermark_ms is not None:
+        heap = self.timers.heap
+        if watermark_ms is not None and heap and heap[0][0] <= watermark_ms:  # a timer is due (rare)
             for wake, user_id in self.timers.due(watermark_ms):
                 self._timer(user_id, max(wake, watermark_ms))
         t = result.event_time_ms
