@@ -5,7 +5,7 @@ history (a repeat offender can have tens of thousands of alert ids inside the de
 
 - the ledger (`UserState` minus its maps): standing, strikes, counters; small, one value,
   `encode()`/`decode()` to compact JSON;
-- four maps, read and written one entry at a time (`Layered`): `seen` alert and decision
+- four maps, read and written one entry at a time (`Layered`, rules/layered.py): `seen` alert and decision
   ids, `incidents` by slot, `incident_slots` (incident id -> slot) and `expiry`, two FIFO queues
   that say which entry to forget when.
 
@@ -18,13 +18,18 @@ step's changes on top of the same base; the owner of the base (the Flink operato
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import orjson
 
 from rules import compact_json
+from rules.layered import (  # the maps of the state; DELETED re-exported
+    DELETED,
+    Layered,
+    MapBase,
+)
 
 # Bump with a migration when the layout changes. 4: the ledger fields of 3, stored with the maps'
 # entries in one keyed map (jobs/user_store.py moves format-3 users over; 3 kept them apart).
@@ -33,65 +38,6 @@ MAP_NAMES = ("seen", "incidents", "incident_slots", "expiry")
 # Expiry queues: ids and incidents kept for the dedupe horizon, and incidents awaiting review (kept
 # for the review retention, much longer: in one FIFO they would hold back everything behind them).
 DEDUPE_QUEUE, REVIEW_QUEUE = 0, 1
-DELETED: Any = object()
-
-
-class MapBase(Protocol):
-    """Read side of one keyed map of one user: a dict, or the job's Flink MapState."""
-
-    def get(self, key: str) -> Any: ...
-
-
-class Layered:
-    """A keyed map seen through one step: the stored base plus this step's changes. Setting a
-    key copies only the changes, never the base, so a step costs O(its changes)."""
-
-    __slots__ = ("base", "changes")
-
-    def __init__(self, base: MapBase | None = None, changes: dict[str, Any] | None = None):
-        self.base = {} if base is None else base
-        self.changes = {} if changes is None else changes
-
-    def get(self, key: str) -> Any:
-        if key in self.changes:
-            value = self.changes[key]
-            return None if value is DELETED else value
-        return self.base.get(key)
-
-    def __contains__(self, key: str) -> bool:
-        changes = self.changes  # get() inlined: asked once per alert (is this id a retry?)
-        if key in changes:
-            return changes[key] is not DELETED and changes[key] is not None
-        return self.base.get(key) is not None
-
-    def set(self, key: str, value: Any) -> Layered:
-        return Layered(self.base, {**self.changes, key: value})
-
-    def delete(self, key: str) -> Layered:
-        return Layered(self.base, {**self.changes, key: DELETED})
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every entry; only for dict bases (tests, simulate): the job never enumerates a map."""
-        if not isinstance(self.base, Mapping):
-            raise TypeError("only a dict-based map can be listed")
-        merged = dict(self.base)
-        for key, value in self.changes.items():
-            if value is DELETED:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        return merged
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.as_dict())
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Layered) and self.as_dict() == other.as_dict()
-
-    def __repr__(self) -> str:
-        return f"Layered({len(self.changes)} changes)"
-
-
 class Strike(NamedTuple):
     incident_id: str
     category: str
@@ -127,6 +73,28 @@ class ExpiryQueue(NamedTuple):
     head: int = 0
     tail: int = 0
     head_due_ms: int | None = None
+
+
+class StrikeFacts(NamedTuple):
+    """What every step asks of a user's strikes, worked out once per strikes tuple: the ledger is
+    encoded and the next wake looked for on every step, but the strikes (a repeat offender has
+    several) change only on enforcements, verdicts and expiries."""
+
+    strikes: tuple[Strike, ...]  # the tuple these facts are of (compared by identity)
+    earliest_expiry_ms: int | None  # of the strikes not voided
+    json: orjson.Fragment | None  # the strikes as the ledger writes them; None: orjson cannot
+
+    @staticmethod
+    def of(strikes: tuple[Strike, ...]) -> StrikeFacts:
+        earliest = None
+        for s in strikes:
+            if not s.voided and (earliest is None or s.expires_at_ms < earliest):
+                earliest = s.expires_at_ms
+        try:
+            json_ = orjson.Fragment(orjson.dumps(strikes, list))
+        except TypeError:
+            json_ = None
+        return StrikeFacts(strikes, earliest, json_)
 
 
 def _grown(q: ExpiryQueue, due_ms: int) -> ExpiryQueue:
@@ -295,12 +263,7 @@ class UserState:
 
     def next_wake_ms(self) -> int | None:
         """Earliest event time at which something in this state expires."""
-        # One plain loop, no lists: the operator asks twice per alert (about 5x faster than
-        # min() over list comprehensions on a few strikes).
-        wake = None
-        for s in self.strikes:
-            if not s.voided and (wake is None or s.expires_at_ms < wake):
-                wake = s.expires_at_ms
+        wake = self._strike_facts().earliest_expiry_ms
         for q in self.queues:
             due = q.head_due_ms
             if q.head < q.tail and due is not None and (wake is None or due < wake):
@@ -309,6 +272,15 @@ class UserState:
         if until and not self.banned and (wake is None or until < wake):
             wake = until
         return wake
+
+    def _strike_facts(self) -> StrikeFacts:
+        """StrikeFacts of this state's strikes. Kept beside the tuple they were worked out from:
+        copies of the state (with_) carry them along until a step replaces the tuple."""
+        facts = self.__dict__.get("_facts")
+        if facts is None or facts.strikes is not self.strikes:
+            facts = StrikeFacts.of(self.strikes)
+            self.__dict__["_facts"] = facts
+        return facts
 
     def strike_points(self, categories: tuple[str, ...], at_ms: int) -> int:
         # Strike.active_at inlined: this runs on every enforced alert, over every strike.
@@ -359,20 +331,16 @@ class UserState:
     # ----------------------------------------------------------- encoding
     def encode(self) -> str:
         """The ledger value (the maps are written entry by entry, see CODECS)."""
-        # Written on every step, while the strikes (a repeat offender has several) change only on
-        # enforcements and expiries: their JSON is kept beside the tuple it was made of, and
-        # copies of the state (with_) carry it along until the tuple is replaced.
-        strikes = self.strikes
-        cached = self.__dict__.get("_strikes_json")
+        strikes = self._strike_facts().json
         try:
-            if cached is None or cached[0] is not strikes:
-                cached = (strikes, orjson.Fragment(orjson.dumps(strikes, list)))
-                self.__dict__["_strikes_json"] = cached
-            return orjson.dumps([STATE_FORMAT, self.user_version, self.banned, self.suspended_until_ms,
-                                 cached[1], self.sanction_incident, self.incident_seq, self.queues], list).decode()
-        except TypeError:  # what orjson cannot write: the whole value as _compact writes it
-            return _compact([STATE_FORMAT, self.user_version, self.banned, self.suspended_until_ms,
-                             strikes, self.sanction_incident, self.incident_seq, self.queues])
+            if strikes is not None:
+                return orjson.dumps([STATE_FORMAT, self.user_version, self.banned, self.suspended_until_ms,
+                                     strikes, self.sanction_incident, self.incident_seq, self.queues], list).decode()
+        except TypeError:
+            pass
+        # What orjson cannot write: the whole value as _compact writes it.
+        return _compact([STATE_FORMAT, self.user_version, self.banned, self.suspended_until_ms,
+                         self.strikes, self.sanction_incident, self.incident_seq, self.queues])
 
     @staticmethod
     def decode(text: str | None, bases: dict[str, MapBase] | None = None,
