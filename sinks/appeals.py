@@ -19,15 +19,26 @@ import time
 
 from sinks.notifier import AppealTokenError, verify_appeal_link
 
+VERDICTS = {"appeal": ("granted", "denied"), "review": ("confirmed", "rejected")}
+
+
+def make_decision(kind: str, verdict: str, user_id: str, incident_id: str, moderator_id: str, now_ms: int,
+                  note: str | None = None) -> dict:
+    """A decision v1 record; its id is the same for every submit of one incident and verdict."""
+    if verdict not in VERDICTS.get(kind, ()):
+        raise ValueError(f"a decision of kind {kind!r} has the verdict {' or '.join(VERDICTS.get(kind, ()))}, not {verdict!r}")
+    # One decision per incident and verdict: a double submit is the same decision (deduped by the job).
+    decision_id = f"{kind}-" + hashlib.sha256(f"{incident_id}\x1f{verdict}".encode()).hexdigest()[:24]
+    record = {"schema_version": 1, "decision_id": decision_id, "kind": kind, "verdict": verdict,
+              "user_id": user_id, "incident_id": incident_id, "moderator_id": moderator_id, "event_time_ms": now_ms}
+    if note:
+        record["note"] = note
+    return record
+
 
 def decision_record(link: str, secret: bytes, verdict: str, moderator_id: str, now_ms: int) -> dict:
     incident_id, user_id = verify_appeal_link(link, secret, now_ms)
-    if verdict not in ("granted", "denied"):
-        raise ValueError(f"an appeal verdict is granted or denied, not {verdict!r}")
-    # One decision per incident and verdict: a double submit is the same decision (deduped by the job).
-    decision_id = "appeal-" + hashlib.sha256(f"{incident_id}\x1f{verdict}".encode()).hexdigest()[:24]
-    return {"schema_version": 1, "decision_id": decision_id, "kind": "appeal", "verdict": verdict,
-            "user_id": user_id, "incident_id": incident_id, "moderator_id": moderator_id, "event_time_ms": now_ms}
+    return make_decision("appeal", verdict, user_id, incident_id, moderator_id, now_ms)
 
 
 def submit(bootstrap: str, topic: str, record: dict) -> None:

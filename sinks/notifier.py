@@ -150,6 +150,8 @@ class Notifier:
                   else INBOX_KEY.format(recipient))
         fields = {"notification_id": record["notification_id"], "subject": subject, "body": body,
                   "incident_id": record.get("incident_id") or "", "appeal_url": url or ""}
+        if record["recipient_role"] == "moderator":  # what the review console's queue shows and keys on
+            fields.update(kind="review", user_id=record["user_id"], violation_type=record.get("violation_type") or "")
         # In-app: message and sent marker in one transaction, so a restart can never repeat it.
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(stream, fields)
