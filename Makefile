@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup run test test-fast bench stack stop clean lint cluster cluster-stop
+.PHONY: setup run test test-fast bench stack stop clean lint cluster cluster-stop console
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +31,12 @@ cluster-stop:  ## stop the cluster's jobs with a savepoint, then the cluster, br
 	@$(PY) -m devtools.cluster stop-job || true
 	@$(PY) -m devtools.cluster down
 	@$(PY) -m devtools.localstack down
+
+CONSOLE_ACCOUNTS ?= .run/console/moderators.toml
+console: setup  ## the review console on the local stack, http://127.0.0.1:8090 (secrets from the environment)
+	@$(PY) -m devtools.localstack status | grep -q kafka || $(PY) -m devtools.localstack up
+	@test -f $(CONSOLE_ACCOUNTS) || { echo "console: no moderators yet: mkdir -p $(dir $(CONSOLE_ACCOUNTS)) && $(PY) -m console add-moderator --accounts $(CONSOLE_ACCOUNTS) --id m-1"; exit 2; }
+	@$(PY) -m console --accounts $(CONSOLE_ACCOUNTS) $(ARGS)
 
 stop:  ## stop what `make stack` or an interrupted run left behind
 	@if [ -x $(PY) ] && [ -d .run/cluster/pids ]; then $(PY) -m devtools.cluster down; fi
