@@ -210,6 +210,35 @@ def stop_job(cluster: Cluster, job_id: str, savepoint_dir: Path, timeout_s: floa
     return found.group(1)
 
 
+def taskmanager_pids(cluster: Cluster) -> list[int]:
+    """The live TaskManager processes (taskmanager.sh appends each one's pid to one file)."""
+    pids = []
+    for pid_file in (cluster.root / "pids").glob("*-taskexecutor.pid"):
+        pids += [pid for pid in map(int, pid_file.read_text().split()) if _alive(pid)]
+    return pids
+
+
+def start_taskmanager(cluster: Cluster, timeout_s: float = 90.0) -> int:
+    """One more TaskManager, as a supervisor (systemd, Kubernetes) starts one after a process died;
+    returns once the jobmanager counts it (its pid is returned)."""
+    before = set(taskmanager_pids(cluster))
+    # By id, not by count: the jobmanager drops a killed TaskManager only at its heartbeat timeout.
+    registered = {tm["id"] for tm in rest(cluster, "/taskmanagers")["taskmanagers"]}
+    done = _run(cluster, [cluster.bin("taskmanager.sh"), "start"], 60)
+    if done.returncode != 0:
+        raise ClusterError(f"taskmanager.sh start failed: {done.stderr.strip() or done.stdout.strip()}")
+    new = set(taskmanager_pids(cluster)) - before
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if new and {tm["id"] for tm in rest(cluster, "/taskmanagers")["taskmanagers"]} - registered:
+                return new.pop()
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise ClusterError(f"the new TaskManager did not register within {timeout_s:.0f} s; logs in {cluster.log_dir}")
+
+
 def down(cluster: Cluster, timeout_s: float = 30.0) -> None:
     for script in ("taskmanager.sh", "jobmanager.sh"):
         _run(cluster, [cluster.bin(script), "stop-all" if script == "taskmanager.sh" else "stop"], 60)
@@ -221,6 +250,14 @@ def down(cluster: Cluster, timeout_s: float = 30.0) -> None:
         time.sleep(0.2)
     for pid in _alive_pids(pid_dir):
         os.kill(pid, 9)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _alive_pids(pid_dir: Path) -> list[int]:

@@ -9,16 +9,19 @@ import re
 import struct
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from devtools.generator import AlertGenerator, Mix
 from devtools.generator import produce as produce_paced
 from jobs.config import Topics
 
-from .stack_helpers import read_committed
+from .conftest import HOUR_MS
+from .stack_helpers import JobProcess, caught_up, read_committed
 from .test_stack_exactly_once import ID_FIELDS, oracle
 
 TOPIC_OF_KIND = {"enforcement": "enforcement", "notification": "notifications", "audit": "audit", "review": "review"}
@@ -170,3 +173,56 @@ def alert_positions(bootstrap: str, topic: str, expected: int, timeout_s: float 
         consumer.close()
     assert seen == expected, f"read {seen} of {expected} input records"
     return out
+
+
+def alert_lines(seed: int, count: int, users: int = 400, step_ms: int = 1000) -> list[bytes]:
+    # One stream per user: all of a user's alerts share a partition, so the job sees them in the
+    # order the oracle does.
+    gen = AlertGenerator(seed=seed, users=users, start_ms=int(time.time() * 1000) - 4 * HOUR_MS, step_ms=step_ms,
+                         streams_per_user=1, mix=Mix(oversized=0.0))
+    return list(gen.payloads(count))
+
+
+def alive_and_caught_up(job: JobProcess, bootstrap: str, group_id: str, topic: str) -> bool:
+    if job.proc.poll() is not None:  # the restart strategy gave up, or the job died: fail now
+        raise AssertionError(f"the job exited with {job.proc.returncode}:\n{job.tail()}")
+    return caught_up(bootstrap, group_id, topic)
+
+
+def report(fault: str, checked: str, records_in: int, lost: int, duplicated: int, recovery: str) -> None:
+    """One line per fault test (run pytest with -s to see them): the closing table's row."""
+    print(f"\nFAULT | {fault} | {checked} | in {records_in} | lost {lost} | duplicated {duplicated} | {recovery}")
+
+
+# The embedded job's REST API (rest_args), to read its restarts.
+def rest_json(port: int, path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return json.load(response)
+
+
+def rest_args(port: int) -> list[str]:
+    """The embedded job's REST API on a port of the test's: numRestarts is read from it."""
+    return ["--conf", f"rest.port={port}", "--conf", "rest.address=127.0.0.1", "--conf", "rest.bind-address=127.0.0.1"]
+
+
+def embedded_job(port: int, job: JobProcess, timeout_s: float = 180) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert job.proc.poll() is None, f"the job exited:\n{job.tail()}"
+        try:
+            jobs = rest_json(port, "/jobs/overview")["jobs"]
+            if jobs and jobs[0]["state"] == "RUNNING":
+                return jobs[0]["jid"]
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"no running job on the REST API; log:\n{job.tail()}"
+        time.sleep(1)
+
+
+def embedded_restarts(port: int, job_id: str, timeout_s: float = 30) -> int:
+    # The REST API fetches metrics on demand: the first answers can be empty.
+    deadline = time.monotonic() + timeout_s
+    while not (metric := rest_json(port, f"/jobs/{job_id}/metrics?get=numRestarts")):
+        assert time.monotonic() < deadline, "no numRestarts metric on the job's REST API"
+        time.sleep(1)
+    return int(float(metric[0]["value"]))

@@ -1,4 +1,4 @@
-"""Moderator decisions get the alerts' size limit (issue 28): over 64 KiB is reason `too_large`,
+"""Moderator decisions get the alerts' size limit: over 64 KiB is reason `too_large`,
 never parsed, in the parser, `rules simulate` and the operator (which gets the Java source's cut
 payload and the original size). Pure: no JVM."""
 

@@ -1,4 +1,4 @@
-"""Fault (issue 28, item 8): users live on 3 streams at once, so each user's alerts arrive on
+"""Fault: users live on 3 streams at once, so each user's alerts arrive on
 several partitions of `alerts` (keyed by stream id) and are read by different source subtasks,
 with event times out of order within the job's bounded out-of-orderness (jobs/config.py,
 max_out_of_orderness_ms). The job's enforcement, notification, review and audit records must

@@ -1,10 +1,10 @@
 """Faults on the real stack, each checked against the `rules simulate` oracle with read_committed
-consumers started after the job has recovered and caught up (issue 28, items 3 and 4):
+consumers started after the job has recovered and caught up:
 
-3. a savepoint at parallelism 2 restored at 1 and at 3: exactly-once, each user's ledger intact;
-4. at-least-once, kill -9 after a checkpoint that holds state: nothing lost, repeats counted.
+- a savepoint at parallelism 2 restored at 1 and at 3: exactly-once, each user's ledger intact;
+- at-least-once, kill -9 after a checkpoint that holds state: nothing lost, repeats counted.
 
-Each prints one line: fault, records in, lost, duplicated, recovery time."""
+Each prints one line (pytest -s): fault, records in, lost, duplicated, recovery time."""
 
 from __future__ import annotations
 
@@ -15,44 +15,27 @@ import time
 
 import pytest
 
-from devtools.generator import AlertGenerator, Mix
 from devtools.generator import produce as produce_paced
 from devtools.localstack import create_topics
 from jobs.config import Topics
 
-from .conftest import HOUR_MS
 from .fault_helpers import (
+    alert_lines,
     alert_positions,
+    alive_and_caught_up,
     assert_exactly_once,
     end_offsets,
     expected_outputs,
     paced_producer,
     read_outputs,
+    report,
     source_offsets,
     wait_first_output,
 )
-from .stack_helpers import JobProcess, caught_up, read_committed
+from .stack_helpers import JobProcess, read_committed
 from .test_stack_exactly_once import checkpoints, job_args, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.faults]
-
-
-def alert_lines(seed: int, count: int, users: int = 400, step_ms: int = 1000) -> list[bytes]:
-    # One stream per user: all of a user's alerts share a partition, so the job sees them in the
-    # order the oracle does.
-    gen = AlertGenerator(seed=seed, users=users, start_ms=int(time.time() * 1000) - 4 * HOUR_MS, step_ms=step_ms,
-                         streams_per_user=1, mix=Mix(oversized=0.0))
-    return list(gen.payloads(count))
-
-
-def alive_and_caught_up(job: JobProcess, bootstrap: str, group_id: str, topic: str) -> bool:
-    if job.proc.poll() is not None:  # the restart strategy gave up, or the job died: fail now
-        raise AssertionError(f"the job exited with {job.proc.returncode}:\n{job.tail()}")
-    return caught_up(bootstrap, group_id, topic)
-
-
-def report(fault: str, checked: str, records_in: int, lost: int, duplicated: int, recovery: str) -> None:
-    print(f"\nFAULT | {fault} | {checked} | in {records_in} | lost {lost} | duplicated {duplicated} | {recovery}")
 
 
 def json_or_none(line: bytes):

@@ -1,4 +1,4 @@
-"""Bad rule files (issue 28, item 7): every command that loads a policy exits 2 with
+"""Bad rule files: every command that loads a policy exits 2 with
 `FILE:LINE: problem (hint: ...)`, never a traceback. The exact lines `validate` prints are golden
 files in tests/data/rule_file_faults/<kind>.expected."""
 

@@ -1,4 +1,4 @@
-"""SMTP outage (issue 28, item 5), on the real stack: a real broker and Redis (the `stack`
+"""SMTP outage, on the real stack: a real broker and Redis (the `stack`
 fixture) and aiosmtpd as the mail server. The server is down for 20 s while notifications arrive,
 with the notifier's real retry schedule (1 s doubling to 8 s). In-app messages keep flowing during
 the outage; after it every email arrives exactly once, counted by Message-ID at the server."""
