@@ -59,6 +59,8 @@ def main(argv=None) -> int:
         p = sub.add_parser(name, help=summary)
         p.add_argument("--checkpoint-interval-ms", type=int, default=None)
         p.add_argument("--parallelism", type=int, default=2)
+        p.add_argument("--fetch-backoff-ms", type=int, default=None,
+                       help="the job's pause after an empty fetch (default: the job's; 0: none)")
         p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="Flink option for the job (repeatable), as `python -m jobs.penalty_job --conf`")
         p.add_argument("--source-property", action="append", default=[], metavar="KEY=VALUE",

@@ -269,5 +269,7 @@ def passthrough_flags(args) -> list[str]:
                         ("--sink-property", args.sink_property)):
         for item in items:
             flags += [flag, item]
+    if getattr(args, "fetch_backoff_ms", None) is not None:
+        flags += ["--fetch-backoff-ms", str(args.fetch_backoff_ms)]
     return flags
 
