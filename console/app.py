@@ -160,7 +160,9 @@ def create_app(config: ConsoleConfig, client: redis.Redis, decisions: DecisionSi
                     verdicts=VERDICTS[item.kind], now_ms=clock(), error=request.query_params.get("error"),
                     archive=config.archive_dir is not None)
 
-    async def claim(request: Request) -> Response:
+    async def claim_or_release(request: Request, action: str) -> Response:
+        """Claim an item (the holder, or whoever already holds it, goes on to it) or release one's
+        own claim (back to the queue); each change of hands is logged."""
         me = moderator_of(request)
         if not me:
             return login_redirect(request)
@@ -169,25 +171,17 @@ def create_app(config: ConsoleConfig, client: redis.Redis, decisions: DecisionSi
         item = item_of(request)
         if item is None:
             return gone(request)
-        holder = queue.claim(item, me)
-        if holder == me:
-            log_action(client, {"action": "claim", "moderator_id": me, "kind": item.kind, "item": item.ref,
+        changed = queue.claim(item, me) == me if action == "claim" else queue.release(item, me)
+        if changed:
+            log_action(client, {"action": action, "moderator_id": me, "kind": item.kind, "item": item.ref,
                                 "incident_id": item.incident_id, "user_id": item.user_id, "time_ms": clock()})
-        return RedirectResponse(f"/items/{item.ref}", status_code=303)
+        return RedirectResponse(f"/items/{item.ref}" if action == "claim" else "/", status_code=303)
+
+    async def claim(request: Request) -> Response:
+        return await claim_or_release(request, "claim")
 
     async def release(request: Request) -> Response:
-        me = moderator_of(request)
-        if not me:
-            return login_redirect(request)
-        if await form_with_csrf(request) is None:
-            return bad_csrf(request)
-        item = item_of(request)
-        if item is None:
-            return gone(request)
-        if queue.release(item, me):
-            log_action(client, {"action": "release", "moderator_id": me, "kind": item.kind, "item": item.ref,
-                                "incident_id": item.incident_id, "user_id": item.user_id, "time_ms": clock()})
-        return RedirectResponse("/", status_code=303)
+        return await claim_or_release(request, "release")
 
     async def decide(request: Request) -> Response:
         me = moderator_of(request)
