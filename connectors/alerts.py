@@ -199,7 +199,10 @@ def parse_alert(
 
 # Evidence travels on into review records as JSON: orjson writes at most 254 levels and the
 # standard library's encoder then overflows Python's stack, so a deeper (but tiny, ~6 KB)
-# document would crash the operator on every replay. No detector needs more than a few levels.
+# document would crash the operator on every replay. Extra fields are ignored, but the JVM's key
+# extractor (Jackson, at most 1,000 levels) gives up on a document deeper than it reads, while
+# orjson reads 1,024: the job would reject what `rules simulate` decides. So no field of an alert
+# may nest deeper than this; no detector needs more than a few levels.
 MAX_EVIDENCE_DEPTH = 64
 
 
@@ -262,9 +265,11 @@ def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
                 value[:MAX_RAW_BYTES], size, source, user_id,
             )
     evidence = doc.get("evidence")
-    if evidence and value.count(b"{") + value.count(b"[") > MAX_EVIDENCE_DEPTH and _depth(evidence) > MAX_EVIDENCE_DEPTH:
-        return Rejection("schema", f"evidence: nested deeper than {MAX_EVIDENCE_DEPTH} levels", value[:MAX_RAW_BYTES],
-                         size, source, user_id)
+    if value.count(b"{") + value.count(b"[") > MAX_EVIDENCE_DEPTH:  # cheap: few documents get past it
+        for field, item in doc.items():
+            if isinstance(item, (dict, list)) and _depth(item) > MAX_EVIDENCE_DEPTH:
+                return Rejection("schema", f"{field}: nested deeper than {MAX_EVIDENCE_DEPTH} levels",
+                                 value[:MAX_RAW_BYTES], size, source, user_id)
     # Positional: the field order of Alert (keywords cost a little on every alert).
     return Alert(doc["alert_id"], doc["stream_id"], doc["user_id"], doc["detector_id"], doc["violation_type"],
                  float(doc["confidence"]), event_time_ms, doc.get("model_version"), evidence if evidence else None)

@@ -1,5 +1,6 @@
-"""Evidence nested deeper than the job can write back out (review records carry it) is refused
-as `schema` with its reason, instead of crashing the operator when the review is encoded."""
+"""A field nested deeper than the job can write back out (review records carry evidence) or than
+the JVM key extractor reads is refused as `schema` with its reason, instead of crashing the operator
+or being judged differently by the two readers."""
 
 import json
 
@@ -41,3 +42,17 @@ def test_lists_count_as_levels_and_many_shallow_brackets_pass():
     assert isinstance(parse(alert_doc(evidence=deep_lists)), Rejection)
     wide = {f"k{i}": [{"a": []}] for i in range(200)}  # 600 brackets, 4 levels
     assert isinstance(parse(alert_doc(evidence=wide)), Alert)
+
+
+def test_an_extra_field_nested_deeper_is_refused_too_before_or_after_user_id():
+    """Extra fields are ignored, but the JVM's key extractor gives up on a document deeper than it
+    reads (1,000 levels) and orjson does not (1,024): both readers must see the same alerts."""
+    for levels in (MAX_EVIDENCE_DEPTH + 1, 1010):
+        after = json.dumps(alert_doc())[:-1] + ', "extra": ' + nested(levels) + "}"
+        before = '{"extra": ' + nested(levels) + ", " + json.dumps(alert_doc())[1:]
+        for text in (after, before):
+            rejected = parse_alert(text.encode(), Source("alerts", 0, 1, None))
+            assert isinstance(rejected, Rejection)
+            assert (rejected.reason, rejected.detail) == ("schema", f"extra: nested deeper than {MAX_EVIDENCE_DEPTH} levels")
+    assert isinstance(parse_alert((json.dumps(alert_doc())[:-1] + ', "extra": ' + nested(MAX_EVIDENCE_DEPTH) + "}").encode(),
+                                  Source("alerts", 0, 1, None)), Alert)

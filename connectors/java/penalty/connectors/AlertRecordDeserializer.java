@@ -62,7 +62,7 @@ public class AlertRecordDeserializer implements KafkaRecordDeserializationSchema
 
     private long scanEventTime(byte[] value) {
         if (jsonFactory == null) {
-            jsonFactory = new JsonFactory();
+            jsonFactory = JsonReaders.factory();
         }
         try (JsonParser p = jsonFactory.createParser(value)) {
             if (p.nextToken() != JsonToken.START_OBJECT) {

@@ -33,7 +33,7 @@ public class UserKeyExtractor implements MapFunction<Row, Row> {
             return NO_USER;
         }
         if (jsonFactory == null) {
-            jsonFactory = new JsonFactory();
+            jsonFactory = JsonReaders.factory();
         }
         String user = NO_USER;
         try (JsonParser p = jsonFactory.createParser(payload)) {
