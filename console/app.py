@@ -22,13 +22,14 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from connectors import signing
 from console import desk
 from console.accounts import Accounts
 from console.appeal import MAX_STATEMENT, AlreadyAppealed, AppealDesk
 from console.config import ConsoleConfig
 from console.queue import Queue, QueueItem, format_age, format_time, log_action
 from console.security import CSRF_FIELD, LoginLimiter, csrf_ok, csrf_token
-from sinks.appeals import make_decision
+from sinks.appeals import make_decision, signed_value
 from sinks.notifier import AppealTokenError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -42,19 +43,18 @@ class DecisionSink(Protocol):
 
 
 class KafkaDecisions:
-    """Decision records to the decisions topic, keyed by user id; send() returns once delivered."""
+    """Decision records to the decisions topic, keyed by user id and signed with the current
+    decision key; send() returns once delivered."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, keys: signing.DecisionKeys):
         from confluent_kafka import Producer
 
-        self.topic = topic
+        self.topic, self.keys = topic, keys
         self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
 
     def send(self, record: dict) -> None:
-        import json
-
         errors = []
-        self.producer.produce(self.topic, key=record["user_id"].encode(), value=json.dumps(record).encode(),
+        self.producer.produce(self.topic, key=record["user_id"].encode(), value=signed_value(record, self.keys),
                               on_delivery=lambda err, _msg: err and errors.append(err))
         if self.producer.flush(15) or errors:
             raise RuntimeError(f"the decision was not delivered to {self.topic}: {errors or 'timeout'}")

@@ -1,7 +1,8 @@
 """The console's one config object, built at the edge from flags and the environment.
 
 Secrets come from the environment only: PENALTY_CONSOLE_SESSION_KEY signs the session cookies,
-PENALTY_APPEAL_SECRET verifies the streamers' appeal links (the notifier's key).
+PENALTY_APPEAL_SECRET verifies the streamers' appeal links (the notifier's key),
+PENALTY_DECISION_KEYS signs the decisions the job accepts (connectors/signing.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from connectors import signing
 from jobs.config import Topics
 
 SESSION_KEY_ENV = "PENALTY_CONSOLE_SESSION_KEY"
@@ -35,6 +37,7 @@ class ConsoleConfig:
     session_key: str = ""
     appeal_secret: bytes = b""
     session_max_age_s: int = 8 * 3600
+    decision_keys: signing.DecisionKeys | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,11 +63,18 @@ def from_args(args: argparse.Namespace, environ: dict | None = None) -> ConsoleC
     appeal_secret = env.get(APPEAL_SECRET_ENV, "")
     if not appeal_secret:
         raise ConfigError(f"set {APPEAL_SECRET_ENV} (the key the notifier signs appeal links with)")
+    try:
+        decision_keys = signing.keys_from_env(env)
+    except signing.SigningError as exc:
+        raise ConfigError(str(exc)) from exc
+    if decision_keys is None:
+        raise ConfigError(f"set {signing.KEYS_ENV} (<key id>=<secret>, the job's decision keys): the job "
+                          "rejects unsigned decisions")
     topics = Topics().prefixed(args.topic_prefix)
     return ConsoleConfig(
         redis_url=args.redis_url, bootstrap_servers=args.bootstrap_servers,
         decisions_topic=args.decisions_topic or topics.decisions,
         accounts_file=Path(args.accounts), archive_dir=Path(args.archive_dir) if args.archive_dir else None,
         host=args.host, port=args.port, secure_cookies=args.secure_cookies,
-        session_key=session_key, appeal_secret=appeal_secret.encode(),
+        session_key=session_key, appeal_secret=appeal_secret.encode(), decision_keys=decision_keys,
     )

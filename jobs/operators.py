@@ -27,6 +27,7 @@ from connectors.alerts import (
     parse_alert,
 )
 from connectors.decisions import parse_decision
+from connectors.signing import keys_from_env
 from jobs.bundle_writes import BundleWrites
 from jobs.user_store import (
     ENTRIES_STATE,
@@ -72,9 +73,10 @@ class Counts(dict):
         self.clear()
 
 
-# Core events that dead-letter an alert are counted as the rejection they are, so that every DLQ
-# record shows up in `alerts_rejected{reason=...}` (the DLQ-rate alert and its breakdown).
-EVENT_COUNTERS = {"too_late": "alerts_rejected.too_late"}
+# Core events that dead-letter a record are counted as the rejection they are, so that every DLQ
+# record shows up in `alerts_rejected{reason=...}` or `decisions_rejected{reason=...}` (the
+# DLQ-rate alert and its breakdown).
+EVENT_COUNTERS = {"too_late": "alerts_rejected.too_late", "invalid_decision": "decisions_rejected.invalid_decision"}
 
 
 # Each record allocates thousands of short-lived objects and almost never a reference cycle, and
@@ -181,6 +183,8 @@ class PenaltyFunction(KeyedProcessFunction):
         self.writes = BundleWrites(runtime_context.get_map_state(string_map), self.keys.switch)
         self.users = UserStore(self.writes, self.state_cache_users, self.core_config.incident_window_ms, legacy)
         self.counts = Counts()
+        # Secrets never travel in the job graph: each TaskManager reads them from its environment.
+        self.decision_keys = keys_from_env()
         tune_gc()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
@@ -203,7 +207,7 @@ class PenaltyFunction(KeyedProcessFunction):
         is_decision = topic_index == 1
         if is_decision:
             counts.add("decisions_in")
-            result = parse_decision(payload, source, size, self.max_payload_bytes)
+            result = parse_decision(payload, source, size, self.max_payload_bytes, self.decision_keys)
         else:
             counts.add("alerts_in")
             result = parse_alert(payload, source, size, self.max_payload_bytes, self.max_future_skew_ms)
@@ -213,7 +217,7 @@ class PenaltyFunction(KeyedProcessFunction):
             result = Rejection("schema", f"user_id: the key extractor read {key!r}",
                                bytes(payload)[:MAX_RAW_BYTES], size, source, None)
         if isinstance(result, Rejection):
-            counts.add("decisions_rejected" if is_decision else f"alerts_rejected.{result.reason}")
+            counts.add(f"decisions_rejected.{result.reason}" if is_decision else f"alerts_rejected.{result.reason}")
             emit(out, dead_letter(
                 reason=result.reason, detail=result.detail, raw=result.raw, size_bytes=result.size_bytes,
                 topic=topic, partition=partition, offset=offset, timestamp_ms=timestamp_ms, user_id=result.user_id,

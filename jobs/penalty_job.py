@@ -16,6 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `flink run -py jobs/penalty_job.py`: make the packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from connectors.signing import KEYS_ENV, SigningError, keys_from_env
 from jobs import config as job_config
 from rules.loader import RuleFileError, load_policy
 
@@ -47,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = job_config.from_args(args)
     try:
+        # Read again by the operator where it runs (the TaskManagers' environment); checked here
+        # so that a malformed value fails the submit, not every restart of the job.
+        if keys_from_env() is None:
+            print(f"penalty job: {KEYS_ENV} is not set here: unless the TaskManagers have it, every moderator "
+                  "decision goes to the DLQ as invalid_signature", file=sys.stderr)
         env = build(config, embedded=not args.cluster)
-    except RuleFileError as exc:
+    except (RuleFileError, SigningError) as exc:
         print(exc, file=sys.stderr)
         return 2
     if args.cluster:

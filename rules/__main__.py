@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from connectors import signing
 from rules import loader, simulate
 from rules.model import ACTIONS, DECISIONS, PRIORITIES
 
@@ -62,12 +63,18 @@ def cmd_simulate(args) -> int:
         except loader.RuleFileError as exc:
             print(exc, file=sys.stderr)
             return 2
+    try:
+        decision_keys = signing.keys_from_env()  # decision lines count only when signed, as in the job
+    except signing.SigningError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     config = simulate.core_config(args.dedupe_horizon_ms, args.incident_window_ms)
     with source:
         lines = list(source)
     out = sys.stdout
     for line in simulate.run(policy, lines, config, drain=not args.no_drain, order=args.order,
-                             max_out_of_orderness_ms=args.max_out_of_orderness_ms, shadow_policy=shadow_policy):
+                             max_out_of_orderness_ms=args.max_out_of_orderness_ms, shadow_policy=shadow_policy,
+                             decision_keys=decision_keys):
         out.write(line)
         out.write("\n")
     return 0

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 
 from connectors.alerts import Alert, Rejection, parse_alert
 from connectors.decisions import Decision, parse_decision
+from connectors.signing import DecisionKeys
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore, Step
 from rules.ledger import UserState
@@ -32,11 +33,12 @@ def core_config(dedupe_horizon_ms: int | None = None, incident_window_ms: int | 
     )
 
 
-def _parse_line(line: bytes):
-    """An alert, a moderator decision (lines with a decision_id), or a rejection."""
+def _parse_line(line: bytes, decision_keys: DecisionKeys | None):
+    """An alert, a moderator decision (lines with a decision_id, signed by one of `decision_keys`,
+    as the job requires), or a rejection."""
     if b'"decision_id"' in line:
-        decision = parse_decision(line)
-        if not isinstance(decision, Rejection):
+        decision = parse_decision(line, keys=decision_keys)
+        if not isinstance(decision, Rejection) or decision.reason == "invalid_signature":
             return decision
     return parse_alert(line)
 
@@ -107,14 +109,15 @@ class Simulator:
 
 def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = DEFAULT_CONFIG,
         drain: bool = True, order: str = "event_time", max_out_of_orderness_ms: int = 5_000,
-        shadow_policy: Policy | None = None) -> Iterator[str]:
+        shadow_policy: Policy | None = None, decision_keys: DecisionKeys | None = None) -> Iterator[str]:
     """Yield one JSON line per output record; rejected input lines come first, as records of
-    kind "rejection" with the line number."""
+    kind "rejection" with the line number. Decision lines count only when signed by one of
+    `decision_keys` (the job's PENALTY_DECISION_KEYS)."""
     alerts: list[tuple[int, int, Alert | Decision]] = []  # decisions too
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        parsed = _parse_line(line.rstrip(b"\r\n"))
+        parsed = _parse_line(line.rstrip(b"\r\n"), decision_keys)
         if isinstance(parsed, Rejection):
             yield dumps({"kind": "rejection", "key": parsed.user_id,
                          "record": {"line": number, "reason": parsed.reason, "detail": parsed.detail}})

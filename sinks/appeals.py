@@ -1,11 +1,12 @@
 """Appeal intake: a moderator's verdict on an appeal, accepted only with a valid appeal link.
 
-    PENALTY_APPEAL_SECRET=... python -m sinks.appeals decide --link URL --verdict granted|denied \
-        --moderator ID [--bootstrap-servers ...] [--topic decisions]
+    PENALTY_APPEAL_SECRET=... PENALTY_DECISION_KEYS=... python -m sinks.appeals decide --link URL \
+        --verdict granted|denied --moderator ID [--bootstrap-servers ...] [--topic decisions]
 
 The link (from the streamer's notification) is verified (HMAC signature, expiry) before a
-decision v1 record goes to the `decisions` topic, keyed by user id; the job then voids the strike
-and lifts what the incident caused, or records the denial.
+decision v1 record, signed with the current decision key (connectors/signing.py), goes to the
+`decisions` topic, keyed by user id; the job then voids the strike and lifts what the incident
+caused, or records the denial.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 
+from connectors import signing
 from sinks.notifier import AppealTokenError, verify_appeal_link
 
 VERDICTS = {"appeal": ("granted", "denied"), "review": ("confirmed", "rejected")}
@@ -41,13 +43,25 @@ def decision_record(link: str, secret: bytes, verdict: str, moderator_id: str, n
     return make_decision("appeal", verdict, user_id, incident_id, moderator_id, now_ms)
 
 
-def submit(bootstrap: str, topic: str, record: dict) -> None:
+def signed_value(record: dict, keys: signing.DecisionKeys | None = None) -> bytes:
+    """The record as the job accepts it: signed with the current key (from the environment unless
+    given); SigningError names what to set when there is none."""
+    keys = keys or signing.keys_from_env()
+    if keys is None:
+        raise signing.SigningError(f"set {signing.KEYS_ENV}: the job rejects unsigned decisions")
+    return json.dumps(signing.sign(record, keys)).encode()
+
+
+def submit(bootstrap: str, topic: str, record: dict, keys: signing.DecisionKeys | None = None) -> dict:
+    """Sign and deliver one decision; returns the record as written."""
     from confluent_kafka import Producer
 
+    value = signed_value(record, keys)
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    producer.produce(topic, key=record["user_id"].encode(), value=json.dumps(record).encode())
+    producer.produce(topic, key=record["user_id"].encode(), value=value)
     if producer.flush(30):
         raise RuntimeError(f"the decision was not delivered to {bootstrap}")
+    return json.loads(value)
 
 
 def main(argv=None) -> int:
@@ -65,12 +79,18 @@ def main(argv=None) -> int:
         print("appeals: set PENALTY_APPEAL_SECRET (the key that signs appeal links)", file=sys.stderr)
         return 2
     try:
+        keys = signing.keys_from_env()
+        if keys is None:
+            raise signing.SigningError(f"set {signing.KEYS_ENV} (the keys that sign decisions for the job)")
+    except signing.SigningError as exc:
+        print(f"appeals: {exc}", file=sys.stderr)
+        return 2
+    try:
         record = decision_record(args.link, secret.encode(), args.verdict, args.moderator, int(time.time() * 1000))
     except AppealTokenError as exc:
         print(f"appeals: rejected: {exc}", file=sys.stderr)
         return 1
-    submit(args.bootstrap_servers, args.topic, record)
-    print(json.dumps(record))
+    print(json.dumps(submit(args.bootstrap_servers, args.topic, record, keys)))
     return 0
 
 

@@ -24,7 +24,7 @@ from console.queue import ACTIONS_KEY, Queue, format_age, ordered, parse_entry
 from console.security import LoginLimiter, csrf_ok, csrf_token
 from sinks.notifier import INBOX_KEY, MODERATION_KEY, appeal_link
 
-from .conftest import DAY_MS, T0_MS
+from .conftest import DAY_MS, T0_MS, TEST_KEYS, TEST_KEYS_TEXT
 
 SECRET = b"test-appeal-secret"
 BASE = "https://appeals.example.test/appeal"
@@ -98,12 +98,19 @@ def test_secrets_come_from_the_environment():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--topic-prefix", "t-"])
+    keys = {"PENALTY_DECISION_KEYS": TEST_KEYS_TEXT}
     with pytest.raises(ConfigError, match="PENALTY_CONSOLE_SESSION_KEY"):
-        from_args(args, {"PENALTY_APPEAL_SECRET": "s"})
+        from_args(args, {"PENALTY_APPEAL_SECRET": "s", **keys})
     with pytest.raises(ConfigError, match="PENALTY_APPEAL_SECRET"):
-        from_args(args, {"PENALTY_CONSOLE_SESSION_KEY": "k" * 32})
-    config = from_args(args, {"PENALTY_CONSOLE_SESSION_KEY": "k" * 32, "PENALTY_APPEAL_SECRET": "s"})
+        from_args(args, {"PENALTY_CONSOLE_SESSION_KEY": "k" * 32, **keys})
+    with pytest.raises(ConfigError, match="set PENALTY_DECISION_KEYS"):
+        from_args(args, {"PENALTY_CONSOLE_SESSION_KEY": "k" * 32, "PENALTY_APPEAL_SECRET": "s"})
+    with pytest.raises(ConfigError, match="use at least 32"):
+        from_args(args, {"PENALTY_CONSOLE_SESSION_KEY": "k" * 32, "PENALTY_APPEAL_SECRET": "s",
+                         "PENALTY_DECISION_KEYS": "k=short"})
+    config = from_args(args, {"PENALTY_CONSOLE_SESSION_KEY": "k" * 32, "PENALTY_APPEAL_SECRET": "s", **keys})
     assert (config.decisions_topic, config.host, config.appeal_secret) == ("t-decisions", "127.0.0.1", b"s")
+    assert config.decision_keys == TEST_KEYS
 
 
 def test_a_claim_is_held_by_one_moderator_until_released_or_expired():

@@ -14,6 +14,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
+from connectors import signing
 from console.accounts import Accounts, Moderator, hash_password
 from console.app import KafkaDecisions, create_app
 from console.config import ConsoleConfig
@@ -25,7 +26,7 @@ from sinks.audit import Archive
 from sinks.notifier import Notifier, SmtpConfig
 from sinks.notifier import run as notify
 
-from .conftest import DAY_MS, T0_MS, alert_bytes
+from .conftest import DAY_MS, T0_MS, TEST_KEYS, alert_bytes
 from .stack_helpers import produce, read_committed
 from .test_console import csrf_of
 
@@ -65,8 +66,8 @@ def test_moderator_confirms_a_review_and_a_streamer_appeals(stack, policy, tmp_p
     accounts = Accounts({"mod-7": Moderator("mod-7", hash_password("pw-mod-7", n=16), "Grace")})
     config = ConsoleConfig(redis_url=stack.redis_url, bootstrap_servers=stack.bootstrap,
                            decisions_topic=topics.decisions, archive_dir=tmp_path / "audit",
-                           session_key="k" * 32, appeal_secret=SECRET)
-    app = create_app(config, client, KafkaDecisions(stack.bootstrap, topics.decisions), accounts,
+                           session_key="k" * 32, appeal_secret=SECRET, decision_keys=TEST_KEYS)
+    app = create_app(config, client, KafkaDecisions(stack.bootstrap, topics.decisions, TEST_KEYS), accounts,
                      clock=lambda: T0_MS + DAY_MS)
 
     moderator = TestClient(app)
@@ -89,6 +90,7 @@ def test_moderator_confirms_a_review_and_a_streamer_appeals(stack, policy, tmp_p
     assert {k: decision[k] for k in ("kind", "verdict", "user_id", "incident_id", "moderator_id", "note")} == {
         "kind": "review", "verdict": "confirmed", "user_id": "u-review", "incident_id": review["incident_id"],
         "moderator_id": "mod-7", "note": "clearly extremist imagery"}
+    assert signing.verify(decision, TEST_KEYS) is None and decision["key_id"] == TEST_KEYS.current_id
     assert 'data-ref="urgent/' not in moderator.get("/").text
 
     # The streamer of the copyright strike appeals through the link in their in-app message.

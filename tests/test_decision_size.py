@@ -9,29 +9,29 @@ import json
 import orjson
 import pytest
 
-from connectors import bundles, record_schemas
+from connectors import bundles, record_schemas, signing
 from connectors.alerts import MAX_PAYLOAD_BYTES, MAX_RAW_BYTES, Rejection, Source
 from connectors.decisions import Decision, parse_decision
 from rules.simulate import run
 
-from .conftest import T0_MS
+from .conftest import T0_MS, TEST_KEYS
 from .test_operator_timers import operator_and_context  # noqa: F401 - the pure operator fixture
 
 pytestmark = pytest.mark.faults
 
 
 def decision_of_size(size: int) -> bytes:
-    """A valid decision padded with an extra field (the schema allows extra fields) to `size` bytes."""
+    """A valid signed decision padded with an extra field (the schema allows extra fields) to `size` bytes."""
     doc = {"decision_id": "d-big", "kind": "review", "verdict": "confirmed", "user_id": "u-1",
            "incident_id": "inc_" + "0" * 24, "moderator_id": "mod-1", "event_time_ms": T0_MS, "padding": ""}
-    doc["padding"] = "x" * (size - len(orjson.dumps(doc)))
-    value = orjson.dumps(doc)
+    doc["padding"] = "x" * (size - len(orjson.dumps(signing.sign(doc, TEST_KEYS))))
+    value = orjson.dumps(signing.sign(doc, TEST_KEYS))
     assert len(value) == size
     return value
 
 
 def test_a_decision_at_the_limit_is_parsed_one_byte_over_is_too_large():
-    assert isinstance(parse_decision(decision_of_size(MAX_PAYLOAD_BYTES)), Decision)
+    assert isinstance(parse_decision(decision_of_size(MAX_PAYLOAD_BYTES), keys=TEST_KEYS), Decision)
     over = decision_of_size(MAX_PAYLOAD_BYTES + 1)
     source = Source("decisions", 2, 17, T0_MS)
     result = parse_decision(over, source)
@@ -44,7 +44,7 @@ def test_the_size_the_source_reports_counts_when_the_payload_was_cut():
     result = parse_decision(cut, size_bytes=MAX_PAYLOAD_BYTES * 3)
     assert result.reason == "too_large" and result.size_bytes == MAX_PAYLOAD_BYTES * 3 and result.raw == cut
     # A negative size is the source's "no value": judged by the payload itself.
-    assert isinstance(parse_decision(decision_of_size(1000), size_bytes=-1), Decision)
+    assert isinstance(parse_decision(decision_of_size(1000), size_bytes=-1, keys=TEST_KEYS), Decision)
 
 
 def test_simulate_rejects_an_oversized_decision_as_too_large(policy):
@@ -68,6 +68,7 @@ def test_the_operator_dead_letters_a_cut_decision_with_its_original_size(operato
     record_schemas.validate("dlq", record)
     assert record["reason"] == "too_large" and record["size_bytes"] == size and record["raw_truncated"]
     assert record["source"] == {"topic": "decisions", "partition": 3, "offset": 42, "timestamp_ms": T0_MS}
-    # Counted with the other rejected decisions (the router files them all under reason=invalid_decision).
-    assert [t for t in triples if t[0] == "count"] == [("count", "decisions_in", ""), ("count", "decisions_rejected", "")]
+    # Counted as rejected decisions by reason (the router's reason=too_large).
+    assert [t for t in triples if t[0] == "count"] == [("count", "decisions_in", ""),
+                                                       ("count", "decisions_rejected.too_large", "")]
     assert operator.users.load("u-1").state is None  # nothing was decided

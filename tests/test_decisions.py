@@ -10,7 +10,7 @@ from connectors.decisions import Decision, parse_decision
 from rules.ledger import UserState
 from rules.simulate import run
 
-from .conftest import DAY_MS, HOUR_MS, T0_MS, alert_bytes, make_alert
+from .conftest import DAY_MS, HOUR_MS, T0_MS, TEST_KEYS, alert_bytes, make_alert, signed
 
 
 def decide(kind, verdict, incident_id, user_id="u-1", decision_id="d-1", at_ms=T0_MS + DAY_MS) -> Decision:
@@ -114,12 +114,12 @@ def test_decisions_that_name_nothing_go_to_the_dlq(core):
 def test_parse_decision_validates_against_the_schema():
     good = {"decision_id": "d-1", "kind": "appeal", "verdict": "granted", "user_id": "u-1",
             "incident_id": "inc_" + "a" * 24, "moderator_id": "m-1", "event_time_ms": T0_MS}
-    assert parse_decision(json.dumps(good).encode()) == Decision("d-1", "appeal", "granted", "u-1",
-                                                                 "inc_" + "a" * 24, "m-1", T0_MS)
-    for bad in (b"{", b"", json.dumps({**good, "verdict": "confirmed"}).encode(),
-                json.dumps({k: v for k, v in good.items() if k != "moderator_id"}).encode(),
+    assert parse_decision(signed(good), keys=TEST_KEYS) == Decision("d-1", "appeal", "granted", "u-1",
+                                                                    "inc_" + "a" * 24, "m-1", T0_MS)
+    for bad in (b"{", b"", signed({**good, "verdict": "confirmed"}),
+                signed({k: v for k, v in good.items() if k != "moderator_id"}),
                 json.dumps({**good, "decision_id": "d-\ud800"}).encode(), b"\xff\xfe{}"):
-        result = parse_decision(bad)
+        result = parse_decision(bad, keys=TEST_KEYS)
         assert isinstance(result, Rejection) and result.reason == "invalid_decision"
 
 
@@ -151,7 +151,14 @@ def test_state_format_2_moves_ids_and_incidents_into_the_maps(core):
 def test_simulate_replays_alerts_and_decisions_together(policy):
     first = [json.loads(x) for x in run(policy, [alert_bytes(confidence=0.7)])]
     incident = first[0]["record"]["incident_id"]
-    decision = json.dumps({"decision_id": "d-9", "kind": "review", "verdict": "confirmed", "user_id": "u-1",
-                           "incident_id": incident, "moderator_id": "m-1", "event_time_ms": T0_MS + HOUR_MS})
-    out = [json.loads(x) for x in run(policy, [alert_bytes(confidence=0.7), decision.encode()])]
+    decision = signed({"decision_id": "d-9", "kind": "review", "verdict": "confirmed", "user_id": "u-1",
+                       "incident_id": incident, "moderator_id": "m-1", "event_time_ms": T0_MS + HOUR_MS})
+    out = [json.loads(x) for x in run(policy, [alert_bytes(confidence=0.7), decision], decision_keys=TEST_KEYS)]
     assert [o["record"]["action"] for o in out if o["kind"] == "enforcement"] == ["warning"]
+    # Without the keys (or unsigned) the decision is rejected as the job rejects it.
+    for lines, keys in (([alert_bytes(confidence=0.7), decision], None),
+                        ([alert_bytes(confidence=0.7), json.dumps(json.loads(decision) | {"signature": "0" * 64}).encode()],
+                         TEST_KEYS)):
+        out = [json.loads(x) for x in run(policy, lines, decision_keys=keys)]
+        assert [o["record"]["reason"] for o in out if o["kind"] == "rejection"] == ["invalid_signature"]
+        assert not [o for o in out if o["kind"] == "enforcement"]

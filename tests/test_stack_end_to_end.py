@@ -1,5 +1,6 @@
 """End to end on the real stack: alerts -> job -> applier (Redis) and notifier (SMTP) -> a granted
-appeal on `decisions` -> the suspension is lifted in Redis and the strike voided."""
+appeal on `decisions` -> the suspension is lifted in Redis and the strike voided; unsigned, forged,
+retired-key and replayed decisions change nothing."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import time
 import pytest
 import redis
 
+from connectors import signing
 from devtools.localstack import create_topics
 from jobs.config import Topics
 from sinks import applier, notifier
 from sinks.appeals import decision_record, submit
 
-from .conftest import HOUR_MS, alert_bytes
+from .conftest import HOUR_MS, TEST_KEYS, alert_bytes, signed
 from .stack_helpers import JobProcess, produce, read_committed
 from .test_notifier import SECRET, smtp_server  # noqa: F401 - fixture
 
@@ -70,7 +72,8 @@ def test_alert_to_redis_email_appeal_and_lift(stack, smtp_server, tmp_path):  # 
 
         with pytest.raises(Exception, match="signature"):
             decision_record(link.replace("u-e", "u-x"), SECRET, "granted", "mod-1", now)
-        submit(stack.bootstrap, topics.decisions, decision_record(link, SECRET, "granted", "mod-1", now))
+        granted = submit(stack.bootstrap, topics.decisions, decision_record(link, SECRET, "granted", "mod-1", now))
+        assert granted["key_id"] == TEST_KEYS.current_id
         lift = read_committed(stack.bootstrap, topics.enforcement, 4, timeout_s=120)
         assert lift[-1]["record"]["action"] == "lift", job.tail()
         read_committed(stack.bootstrap, topics.notifications, 6, timeout_s=30)
@@ -78,10 +81,22 @@ def test_alert_to_redis_email_appeal_and_lift(stack, smtp_server, tmp_path):  # 
         assert client.hget(user, "status") == b"active" and client.hget(user, "until_ms") == b"0"
         assert sum("was decided" in m for m in inbox.messages) == 1
         assert sum("suspended until" in m for m in inbox.messages) == 1  # nothing sent twice
-        # Malformed and unknown decisions go to the DLQ with a reason; the job keeps going.
+        # Malformed and unknown decisions go to the DLQ with a reason; the job keeps going. Would
+        # the first incident's appeal be accepted, it would void the remaining strike: unsigned,
+        # signed with a made-up secret under the current key id, or signed with a retired key, it
+        # goes to the DLQ as invalid_signature; the granted decision replayed is a no-op.
         unknown = {**decision_record(link, SECRET, "denied", "mod-1", now), "incident_id": "inc_" + "0" * 24}
-        produce(stack.bootstrap, topics.decisions, [b"{not a decision", json.dumps(unknown).encode()])
-        dlq = read_committed(stack.bootstrap, topics.dlq, 2, timeout_s=60)
+        first = {**decision_record(link, SECRET, "granted", "mod-1", now), "decision_id": "appeal-first",
+                 "incident_id": enforcement[0]["record"]["incident_id"]}
+        forged = signing.DecisionKeys(TEST_KEYS.current_id, {TEST_KEYS.current_id: b"f" * 40})
+        retired = signing.DecisionKeys("test-k0", {"test-k0": b"0" * 40})
+        produce(stack.bootstrap, topics.decisions, [
+            b"{not a decision", signed(unknown), json.dumps(first).encode(),
+            json.dumps(signing.sign(first, forged)).encode(), json.dumps(signing.sign(first, retired)).encode(),
+            json.dumps(granted).encode()])
+        dlq = read_committed(stack.bootstrap, topics.dlq, 5, timeout_s=60)
+        catch_up()
+        assert client.hget(user, "status") == b"active"
     finally:
         job.kill(signal.SIGTERM)
     audit = [a["record"] for a in read_committed(stack.bootstrap, topics.audit, 3, timeout_s=30)]
@@ -90,5 +105,11 @@ def test_alert_to_redis_email_appeal_and_lift(stack, smtp_server, tmp_path):  # 
     assert appeal["ledger_before"]["strike_points"] == {"standard": 2}
     assert appeal["ledger_after"]["strike_points"] == {"standard": 1}
     assert sorted((d["record"]["reason"], d["record"]["source"]["topic"] or "-") for d in dlq) == [
-        ("invalid_decision", "-"), ("invalid_decision", topics.decisions)]
+        ("invalid_decision", "-"), ("invalid_decision", topics.decisions)] + [("invalid_signature", topics.decisions)] * 3
     assert any("no active strike for incident inc_000" in d["record"]["detail"] for d in dlq)
+    assert sorted(d["record"]["detail"] for d in dlq if d["record"]["reason"] == "invalid_signature") == [
+        "key id 'test-k0' is not accepted here (accepted: test-k2, test-k1): retired or unknown",
+        "the signature does not match the record's fields (key id 'test-k2')",
+        "unsigned: the record has no key_id and signature"]
+    # Nothing else came of them: one lift, one appeal in the audit, the first strike still active.
+    assert len(read_committed(stack.bootstrap, topics.enforcement, 4, timeout_s=10)) == 4

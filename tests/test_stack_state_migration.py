@@ -24,7 +24,7 @@ from devtools.generator import AlertGenerator, Mix, produce
 from devtools.localstack import create_topics
 from jobs.config import Topics
 
-from .conftest import HOUR_MS, REPO
+from .conftest import HOUR_MS, REPO, signed
 from .stack_helpers import JobProcess, caught_up, read_committed
 from .test_stack_exactly_once import ID_FIELDS, job_args, oracle, wait_for
 
@@ -62,9 +62,9 @@ def alive_and_caught_up(job: JobProcess, bootstrap: str, group_id: str, topic: s
 def denied_appeals(enforcements: list[dict], at_ms: int) -> list[bytes]:
     """A denied appeal per enforced incident: recorded and notified, the ledger unchanged, so the
     alerts' expected outputs stay the oracle's."""
-    return [json.dumps({"schema_version": 1, "decision_id": f"appeal-{e['incident_id']}", "kind": "appeal",
-                        "verdict": "denied", "user_id": e["user_id"], "incident_id": e["incident_id"],
-                        "moderator_id": "mod-1", "event_time_ms": at_ms}).encode() for e in enforcements]
+    return [signed({"schema_version": 1, "decision_id": f"appeal-{e['incident_id']}", "kind": "appeal",
+                    "verdict": "denied", "user_id": e["user_id"], "incident_id": e["incident_id"],
+                    "moderator_id": "mod-1", "event_time_ms": at_ms}) for e in enforcements]
 
 
 def from_decision(kind: str, record: dict) -> bool:

@@ -44,7 +44,8 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
         counters = new HashMap<>();
         metrics = getRuntimeContext().getMetricGroup();
         // Registered up front so dashboards and alert rules see them at zero.
-        for (String name : new String[] {"alerts_in", "alerts_valid", "decisions_in", "decisions_rejected"}) {
+        for (String name : new String[] {"alerts_in", "alerts_valid", "decisions_in", "decisions_rejected.invalid_decision",
+                                         "decisions_rejected.invalid_signature", "decisions_rejected.too_large"}) {
             counter(name);
         }
         for (String reason : rejectionReasons) {
@@ -75,7 +76,7 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
     /**
      * The counter of one event name, registered on first use:
      * "alerts_rejected.not_json" -> group reason=not_json, counter alerts_rejected;
-     * "decisions_rejected" -> group reason=invalid_decision, counter decisions_rejected;
+     * "decisions_rejected.invalid_signature" -> group reason=invalid_signature, counter decisions_rejected;
      * "shadow.agree.r1" -> group shadow_rule=r1, counter agree;
      * "action.ban" -> group action=ban, counter decisions; "duplicate" -> counter duplicate.
      */
@@ -89,8 +90,8 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
     }
 
     private Counter register(String name) {
-        if (name.equals("decisions_rejected")) {
-            return metrics.addGroup("reason", "invalid_decision").counter(name);
+        if (name.startsWith("decisions_rejected.")) {
+            return metrics.addGroup("reason", name.substring("decisions_rejected.".length())).counter("decisions_rejected");
         }
         if (name.startsWith("alerts_rejected.")) {
             return metrics.addGroup("reason", name.substring("alerts_rejected.".length())).counter("alerts_rejected");
