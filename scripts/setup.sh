@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the job and the tests need on a fresh machine:
 # the venv, the Kafka connector jars (sha256-verified), the project's own Java helpers,
-# redis-server and promtool. A second run only checks stamps and returns in about a second.
+# redis-server and Prometheus (promtool and the server). A second run only checks stamps and
+# returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,7 +14,7 @@ CONNECTOR_SHA=842885a51c768b2f31c946a2071656c166ee8cc6d3c02fe6c557e134e03bf228
 CLIENTS_SHA=7568b998572d256f0b7bc0afdc1b7a2588b8b08415c62ce314c864a6851ae9d9
 EXTRAS=${PENALTY_EXTRAS:-dev}        # the container image installs [runtime] deps only: PENALTY_EXTRAS=""
 WITH_REDIS=${PENALTY_WITH_REDIS:-1}  # the container image has no local Redis: 0
-WITH_PROMTOOL=${PENALTY_WITH_PROMTOOL:-1}  # nor the tests of the alert rules: 0
+WITH_PROMTOOL=${PENALTY_WITH_PROMTOOL:-1}  # nor the monitoring tests (promtool, prometheus): 0
 
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*"; }
@@ -82,7 +83,8 @@ if [ ! -f "$JARS/penalty-connectors.jar" ] || [ "$(cat "$JARS/penalty-connectors
 fi
 
 # 4. Debian packages: redis-server (the real-stack tests, `make run`) and prometheus, which brings
-#    promtool (tests/test_prometheus_rules.py checks and unit-tests deploy/prometheus/alerts.yml).
+#    promtool (tests/test_prometheus_rules.py checks and unit-tests deploy/prometheus/alerts.yml)
+#    and the server (tests/test_cluster.py scrapes a standalone cluster with it).
 #    The package lists are refreshed only when they do not know the package or are too old to
 #    install from.
 apt_install() { # package command
@@ -101,7 +103,9 @@ apt_install() { # package command
 if [ "$WITH_REDIS" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server redis-server
 fi
-if [ "$WITH_PROMTOOL" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
-  apt_install prometheus promtool
+if [ "$WITH_PROMTOOL" = 1 ]; then
+  for cmd in promtool prometheus; do
+    command -v "$cmd" >/dev/null 2>&1 || apt_install prometheus "$cmd"
+  done
 fi
 say "ready (venv: .venv, jars: .cache/jars)"

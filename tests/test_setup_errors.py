@@ -85,6 +85,14 @@ def test_missing_promtool_without_apt_is_one_clear_line(tmp_path):
         "setup: promtool is missing: run 'sudo apt-get install -y prometheus' and retry"]
 
 
+def test_missing_prometheus_server_without_apt_is_one_clear_line(tmp_path):
+    """promtool alone is not enough: the live monitoring test runs the server."""
+    result = _setup(_path_without(tmp_path, "prometheus", "apt-get", "apt-cache"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "setup: prometheus is missing: run 'sudo apt-get install -y prometheus' and retry"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="setup.sh installs Debian packages only as root")
 def test_failed_promtool_install_refreshes_the_lists_once_then_says_what_is_missing(tmp_path):
     """apt-get that fails: one install from the current lists, one `update` and one more install,
