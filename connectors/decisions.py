@@ -1,4 +1,4 @@
-"""Moderator decisions v1 (appeal outcomes, review verdicts): bytes in, a Decision or a
+"""Moderator decisions v1 (appeal outcomes, review verdicts, erasures): bytes in, a Decision or a
 Rejection out, never an exception: reason too_large over the alerts' limit (64 KiB, not parsed),
 invalid_signature for a well-formed decision that no accepted key signed (connectors/signing.py),
 invalid_decision for anything else wrong. Schema: connectors/schemas/decision-v1.json."""
@@ -25,12 +25,13 @@ _validate = fastjsonschema.compile(load("decision-v1.json"))
 
 class Decision(NamedTuple):
     decision_id: str
-    kind: str  # appeal | review
-    verdict: str  # appeal: granted | denied; review: confirmed | rejected
+    kind: str  # appeal | review | erasure
+    verdict: str  # appeal: granted | denied; review: confirmed | rejected; erasure: erased
     user_id: str
-    incident_id: str
-    moderator_id: str
+    incident_id: str  # erasure: "erasure"
+    moderator_id: str  # erasure: the operator who ran it
     event_time_ms: int
+    keep_ban: bool = True  # erasure only: a ban or suspension in force stays (rules/erasure.py)
 
 
 def parse_decision(value: bytes | None, source: Source = NO_SOURCE, size_bytes: int | None = None,
@@ -55,4 +56,4 @@ def parse_decision(value: bytes | None, source: Source = NO_SOURCE, size_bytes: 
     if unsigned is not None:
         return Rejection("invalid_signature", unsigned, raw, len(raw), source, doc["user_id"])
     return Decision(doc["decision_id"], doc["kind"], doc["verdict"], doc["user_id"], doc["incident_id"],
-                    doc["moderator_id"], int(doc["event_time_ms"]))
+                    doc["moderator_id"], int(doc["event_time_ms"]), doc.get("keep_ban", True))

@@ -251,8 +251,9 @@ def apply_step(users: UserStore, cached: CachedUser, step) -> tuple[int | None, 
     old_wake = cached.wake
     if step.state is cached.state:  # a retry, nothing changed
         return old_wake, old_wake
-    if step.state is None:
+    if step.state is None or step.replaces:
         users.clear(cached)
+    if step.state is None:
         new_wake = None
     else:
         users.store(cached, step.state)

@@ -29,6 +29,7 @@ from typing import NamedTuple
 from connectors.alerts import Alert
 from connectors.decisions import Decision
 from rules import records
+from rules.erasure import erase
 from rules.ledger import (
     DEDUPE_QUEUE,
     REVIEW_QUEUE,
@@ -55,6 +56,7 @@ class Step(NamedTuple):
     state: UserState | None  # None: the user has nothing left; clear the keyed state
     outputs: list[records.Output]
     events: list[str]  # what happened, for metrics: "duplicate", "merged", "action.ban", ...
+    replaces: bool = False  # state is all that is left: clear the keyed state, then store it
 
 
 def next_user_version(last_version: int, time_ms: int) -> int:
@@ -291,6 +293,9 @@ class PenaltyCore:
         ladder as if the incident had been enforced automatically; a denied appeal is recorded.
         A decision naming nothing this user has is rejected to the DLQ, never guessed at.
         """
+        if decision.kind == "erasure":  # rules/erasure.py: forget the user, a ban in force aside
+            left, events = erase(state, decision)
+            return Step(left, [], events, replaces=left is not None)
         t = decision.event_time_ms
         cause = f"{decision.kind}:{decision.decision_id}"
         current = state or UserState()
@@ -298,7 +303,9 @@ class PenaltyCore:
         incident = current.incident_by_id(decision.incident_id)
 
         def reject(detail: str) -> Step:
-            raw = json.dumps(decision._asdict(), separators=(",", ":"), sort_keys=True).encode()
+            fields = decision._asdict()
+            del fields["keep_ban"]  # erasures only, never rejected here
+            raw = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
             out = records.dead_letter(reason="invalid_decision", detail=detail, raw=raw, size_bytes=len(raw),
                                       topic=None, partition=None, offset=None, timestamp_ms=None,
                                       user_id=decision.user_id)

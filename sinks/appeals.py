@@ -21,20 +21,24 @@ import time
 from connectors import signing
 from sinks.notifier import AppealTokenError, verify_appeal_link
 
-VERDICTS = {"appeal": ("granted", "denied"), "review": ("confirmed", "rejected")}
+VERDICTS = {"appeal": ("granted", "denied"), "review": ("confirmed", "rejected"), "erasure": ("erased",)}
 
 
 def make_decision(kind: str, verdict: str, user_id: str, incident_id: str, moderator_id: str, now_ms: int,
-                  note: str | None = None) -> dict:
-    """A decision v1 record; its id is the same for every submit of one incident and verdict."""
+                  note: str | None = None, keep_ban: bool | None = None) -> dict:
+    """A decision v1 record; its id is the same for every submit of one incident and verdict (an
+    erasure's: of one user and time). `keep_ban`: erasures only (rules/erasure.py)."""
     if verdict not in VERDICTS.get(kind, ()):
         raise ValueError(f"a decision of kind {kind!r} has the verdict {' or '.join(VERDICTS.get(kind, ()))}, not {verdict!r}")
     # One decision per incident and verdict: a double submit is the same decision (deduped by the job).
-    decision_id = f"{kind}-" + hashlib.sha256(f"{incident_id}\x1f{verdict}".encode()).hexdigest()[:24]
+    subject = f"{user_id}\x1f{now_ms}" if kind == "erasure" else f"{incident_id}\x1f{verdict}"
+    decision_id = f"{kind}-" + hashlib.sha256(subject.encode()).hexdigest()[:24]
     record = {"schema_version": 1, "decision_id": decision_id, "kind": kind, "verdict": verdict,
               "user_id": user_id, "incident_id": incident_id, "moderator_id": moderator_id, "event_time_ms": now_ms}
     if note:
         record["note"] = note
+    if keep_ban is not None:
+        record["keep_ban"] = keep_ban
     return record
 
 

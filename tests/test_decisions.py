@@ -162,3 +162,41 @@ def test_simulate_replays_alerts_and_decisions_together(policy):
         out = [json.loads(x) for x in run(policy, lines, decision_keys=keys)]
         assert [o["record"]["reason"] for o in out if o["kind"] == "rejection"] == ["invalid_signature"]
         assert not [o for o in out if o["kind"] == "enforcement"]
+
+
+def erasure(keep_ban=True, at_ms=T0_MS + 2 * DAY_MS) -> Decision:
+    return Decision("erasure-1", "erasure", "erased", "u-1", "erasure", "ops-1", at_ms, keep_ban)
+
+
+def test_an_erasure_forgets_the_user_or_keeps_only_a_ban_in_force(core):
+    banned, _ = enforced(core, 1, vtype="csam")
+    assert banned.banned and banned.strikes
+    # The ban stays as a bare flag: no strike, incident, seen id or wake-up; the version goes on.
+    step = core.on_decision(banned, erasure())
+    assert step.replaces and step.outputs == [] and step.events == ["erasures", "erasures_ban_kept"]
+    left = step.state.flush_to_dicts()
+    assert (left.banned, left.strikes, left.user_version) == (True, (), banned.user_version)
+    assert left.seen.as_dict() == {} and left.incidents.as_dict() == {} and left.next_wake_ms() is None
+    # A new alert of the account still meets the ban; without keep_ban, or with nothing in
+    # force, nothing is left at all.
+    assert core.on_alert(left, make_alert(alert_id="a-new", event_time_ms=T0_MS + 3 * DAY_MS)).state.banned
+    assert core.on_decision(banned, erasure(keep_ban=False)) == (None, [], ["erasures"], False)
+    warned, _ = enforced(core, 1)
+    assert core.on_decision(warned, erasure()).state is None
+    assert core.on_decision(None, erasure()).state is None
+
+
+def test_an_erasure_record_is_signed_parsed_and_applied_by_simulate(policy):
+    from sinks.appeals import make_decision
+
+    record = make_decision("erasure", "erased", "u-1", "erasure", "ops-1", T0_MS + DAY_MS, note="request 17",
+                           keep_ban=False)
+    parsed = parse_decision(signed(record), keys=TEST_KEYS)
+    assert (parsed.kind, parsed.keep_ban) == ("erasure", False)
+    assert isinstance(parse_decision(signed({**record, "verdict": "granted"}), keys=TEST_KEYS), Rejection)
+    # Two strikes, erased, then a third alert: the ladder starts again from its first rung.
+    alerts = [alert_bytes(alert_id=f"a-{i}", stream_id=f"s-{i}", event_time_ms=T0_MS + i * HOUR_MS) for i in range(2)]
+    later = alert_bytes(alert_id="a-9", stream_id="s-9", event_time_ms=T0_MS + 2 * DAY_MS)
+    out = [json.loads(x) for x in run(policy, alerts + [signed(record), later], decision_keys=TEST_KEYS)]
+    actions = [o["record"]["action"] for o in out if o["kind"] == "enforcement"]
+    assert actions == ["warning", "stop_stream", "suspend", "warning"]

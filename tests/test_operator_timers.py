@@ -217,3 +217,30 @@ def test_a_small_advance_forgets_only_what_is_due(operator_and_context):
     retry = alert_bytes(user_id="u-2", **alerts[1])
     [batch] = operator.process_element(bundle_of("u-2", 9, retry, T0_MS + 2 * DAY_MS), ctx)
     assert ("count", "duplicate", "") in [tuple(batch[i:i + 3]) for i in range(0, len(batch), 3)]
+
+
+def test_an_erasure_leaves_only_a_ban_in_force_and_no_timer(operator_and_context):
+    from connectors import signing
+    from jobs.user_store import LEDGER_KEY
+    from sinks.appeals import make_decision
+
+    from .conftest import TEST_KEYS
+
+    operator, ctx = operator_and_context
+    feed(operator, ctx, "u-1", hate_speech_alerts("a", 3) + [
+        {"alert_id": "c1", "stream_id": "s9", "violation_type": "csam", "confidence": 0.99,
+         "event_time_ms": T0_MS + 10 * HOUR_MS}])
+    assert operator.users.load("u-1").state.banned and ("u-1" in {k for _, k in ctx.live})
+    feed(operator, ctx, "u-2", hate_speech_alerts("b", 1))
+    for user_id in ("u-1", "u-2"):
+        record = make_decision("erasure", "erased", user_id, "erasure", "ops-1", T0_MS + DAY_MS)
+        payload = json.dumps(signing.sign(record, TEST_KEYS)).encode()
+        ctx.key = "shard"
+        bundle = bundles.pack([bundles.BundledRecord(1, 0, 9, T0_MS + DAY_MS, len(payload), user_id, payload)])
+        list(operator.process_element(bundle, ctx))
+    entries = operator.writes.state.data
+    assert list(entries["u-1"]) == [LEDGER_KEY] and "u-2" not in entries  # nothing else of either is stored
+    assert not any(user in ("u-1", "u-2") for _, user in ctx.live)  # and no timer is left
+    operator.writes.user = "u-1"  # what the operator sets before it loads a user
+    left = operator.users.load("u-1").state
+    assert left.banned and left.strikes == ()
