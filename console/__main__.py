@@ -46,7 +46,9 @@ def serve(argv: list[str]) -> int:
     client = redis.Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
     app = create_app(config, client, KafkaDecisions(config.bootstrap_servers, config.decisions_topic, config.decision_keys), accounts)
     print(f"console: {len(accounts.moderators)} moderators, http://{config.host}:{config.port}/", file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    from console.logs import log_config
+
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", log_config=log_config())
     return 0
 
 

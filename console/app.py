@@ -67,6 +67,11 @@ def create_app(config: ConsoleConfig, client: redis.Redis, decisions: DecisionSi
                                  MAX_STATEMENT=MAX_STATEMENT)
     templates.env.filters["when"] = format_time
     queue = Queue(client)
+    keyring = None
+    if config.audit_master_key is not None:  # the archive's sealed entries: the key store is this Redis
+        from sinks.sealing import KeyRing, RedisKeyStore
+
+        keyring = KeyRing(RedisKeyStore(client), config.audit_master_key)
     appeals = AppealDesk(client, config.appeal_secret)
     limiter = LoginLimiter(client)
 
@@ -153,7 +158,7 @@ def create_app(config: ConsoleConfig, client: redis.Redis, decisions: DecisionSi
         item = item_of(request)
         if item is None:
             return gone(request)
-        view = desk.user_view(client, config.archive_dir, item.user_id) if item.user_id else None
+        view = desk.user_view(client, config.archive_dir, item.user_id, keyring) if item.user_id else None
         records = desk.incident_records(view.history, item.incident_id) if view else []
         return page(request, "incident.html", item=item, holder=queue.holder(item), view=view,
                     review=desk.review_record(client, item.incident_id), incident_records=records,
@@ -226,7 +231,7 @@ def create_app(config: ConsoleConfig, client: redis.Redis, decisions: DecisionSi
         if query and not user_id:
             owner = desk.stream_owner(client, query)
             return RedirectResponse(f"/users/{owner or query}", status_code=303)
-        view = desk.user_view(client, config.archive_dir, user_id) if user_id else None
+        view = desk.user_view(client, config.archive_dir, user_id, keyring) if user_id else None
         return page(request, "user.html", view=view, archive=config.archive_dir is not None)
 
     # ---- streamers ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from connectors import signing
 from jobs.config import Topics
+from sinks.sealing import MASTER_KEY_ENV, PrivacyError, master_key_from_env
 
 SESSION_KEY_ENV = "PENALTY_CONSOLE_SESSION_KEY"
 APPEAL_SECRET_ENV = "PENALTY_APPEAL_SECRET"
@@ -38,6 +39,7 @@ class ConsoleConfig:
     appeal_secret: bytes = b""
     session_max_age_s: int = 8 * 3600
     decision_keys: signing.DecisionKeys | None = None
+    audit_master_key: bytes | None = None  # PENALTY_AUDIT_MASTER_KEY: opens sealed archive entries
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +72,12 @@ def from_args(args: argparse.Namespace, environ: dict | None = None) -> ConsoleC
     if decision_keys is None:
         raise ConfigError(f"set {signing.KEYS_ENV} (<key id>=<secret>, the job's decision keys): the job "
                           "rejects unsigned decisions")
+    audit_master_key = None
+    if args.archive_dir and env.get(MASTER_KEY_ENV):
+        try:
+            audit_master_key = master_key_from_env(env)
+        except PrivacyError as exc:
+            raise ConfigError(str(exc)) from exc
     topics = Topics().prefixed(args.topic_prefix)
     return ConsoleConfig(
         redis_url=args.redis_url, bootstrap_servers=args.bootstrap_servers,
@@ -77,4 +85,5 @@ def from_args(args: argparse.Namespace, environ: dict | None = None) -> ConsoleC
         accounts_file=Path(args.accounts), archive_dir=Path(args.archive_dir) if args.archive_dir else None,
         host=args.host, port=args.port, secure_cookies=args.secure_cookies,
         session_key=session_key, appeal_secret=appeal_secret.encode(), decision_keys=decision_keys,
+        audit_master_key=audit_master_key,
     )

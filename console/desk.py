@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 
 from sinks.applier import USER_KEY
-from sinks.audit import segments
+from sinks.audit import user_entries
 
 REVIEW_KEY = "penalty:review:{}"
 REVIEW_TTL_S = 8 * 86_400  # incidents stay decidable 7 days in the job
@@ -48,20 +48,13 @@ def store_review(client: redis.Redis, record: dict) -> None:
     client.set(REVIEW_KEY.format(record["incident_id"]), json.dumps(record, separators=(",", ":")), ex=REVIEW_TTL_S)
 
 
-def history(archive_dir: Path | None, user_id: str, limit: int = 200) -> list[dict]:
-    """The user's audit records, newest first (at most `limit`). A linear scan of the archive: the
-    archive writes canonical JSON, so a substring test skips other users' lines unparsed."""
+def history(archive_dir: Path | None, user_id: str, limit: int = 200, keyring=None) -> list[dict]:
+    """The user's audit records, newest first (at most `limit`): sealed entries opened with the
+    user's data key (keyring: sinks.sealing.KeyRing, when the console has the master key) and
+    plaintext entries from before sealing. A linear scan of the archive (sinks.audit.user_entries)."""
     if archive_dir is None or not Path(archive_dir).is_dir():
         return []
-    needle = '"user_id":' + json.dumps(user_id, ensure_ascii=False)
-    found: list[dict] = []
-    for segment in segments(Path(archive_dir)):
-        with open(segment, encoding="utf-8") as fh:
-            for line in fh:
-                if needle in line:
-                    record = json.loads(line).get("record") or {}
-                    if record.get("user_id") == user_id:
-                        found.append(record)
+    found = user_entries(Path(archive_dir), user_id, keyring).records
     found.sort(key=lambda r: r.get("event_time_ms", 0), reverse=True)
     return found[:limit]
 
@@ -89,8 +82,8 @@ def console_actions(client: redis.Redis, user_id: str, scan: int = ACTIONS_SCAN)
     return out
 
 
-def user_view(client: redis.Redis, archive_dir: Path | None, user_id: str) -> UserView:
-    records = history(archive_dir, user_id)
+def user_view(client: redis.Redis, archive_dir: Path | None, user_id: str, keyring=None) -> UserView:
+    records = history(archive_dir, user_id, keyring=keyring)
     return UserView(user_id, user_status(client, user_id), records, latest_ledger(records),
                     console_actions(client, user_id))
 

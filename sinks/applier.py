@@ -27,21 +27,32 @@ import time
 
 import redis
 
+from sinks.tokens import BAN_KEY, ERASED_KEY, token_key_or_none, user_token
+
 log = logging.getLogger("sinks.applier")
 
 USER_KEY = "penalty:user:{}"
 STREAM_KEY = "penalty:stream:{}"
 COMMANDS = "penalty:commands"
 
-# KEYS[1] user hash, KEYS[2] stream hash, KEYS[3] command stream
+# KEYS[1] user hash, KEYS[2] stream hash, KEYS[3] command stream; with a token key also
+# KEYS[4] the user's kept ban (penalty:ban:<token>), KEYS[5] their erasure time (penalty:erased:<token>)
 # ARGV: user_version, action, until_ms, active_strikes, penalty_id, rule_id, event_time_ms, stream_id, user_id
 APPLY_LUA = """
+if #KEYS >= 5 then
+  local erased = redis.call('GET', KEYS[5])
+  if erased and tonumber(ARGV[7]) <= tonumber(erased) then return 0 end
+end
 local stored = tonumber(redis.call('HGET', KEYS[1], 'user_version') or '0')
 local version = tonumber(ARGV[1])
 if version <= stored then return 0 end
 local action = ARGV[2]
 local status = redis.call('HGET', KEYS[1], 'status') or 'active'
 local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until_ms') or '0')
+if #KEYS >= 5 and redis.call('EXISTS', KEYS[4]) == 1 then
+  status = 'banned'  -- kept after the user's erasure: the job forgot it, the ban stands
+  if action == 'lift' then action = 'kept_ban' end
+end
 if action == 'ban' then
   status = 'banned'
 elseif action == 'suspend' then
@@ -64,16 +75,23 @@ return 1
 
 
 class Applier:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, token_key: bytes | None = None):
+        """token_key (PENALTY_PRIVACY_TOKEN_KEY): recognise erased users by token (sinks/tokens.py):
+        their records from before the erasure are dropped, a ban kept for them stands."""
         self.client = client
+        self.token_key = token_key
         self.script = client.register_script(APPLY_LUA)
 
     def apply(self, record: dict) -> bool:
         """Apply one enforcement record; False when it is not newer than the stored state."""
         stream_id = record.get("stream_id") or ""
         until_ms = record.get("until_ms") or 0
+        keys = [USER_KEY.format(record["user_id"]), STREAM_KEY.format(stream_id or "-"), COMMANDS]
+        if self.token_key is not None:
+            token = user_token(self.token_key, record["user_id"])
+            keys += [BAN_KEY.format(token), ERASED_KEY.format(token)]
         applied = self.script(
-            keys=[USER_KEY.format(record["user_id"]), STREAM_KEY.format(stream_id or "-"), COMMANDS],
+            keys=keys,
             args=[record["user_version"], record["action"], until_ms, record.get("active_strikes", 0),
                   record["penalty_id"], record["rule_id"], record["event_time_ms"], stream_id, record["user_id"]],
         )
@@ -93,11 +111,13 @@ class Applier:
 
 
 def run(bootstrap: str, redis_url: str, topic: str = "enforcement", group_id: str = "enforcement-applier",
-        stop=lambda: False, idle_exit_s: float | None = None, on_batch=None) -> dict:
-    """Consume until stop() (or idle_exit_s without records); returns counts."""
+        stop=lambda: False, idle_exit_s: float | None = None, on_batch=None, token_key: bytes | None = None) -> dict:
+    """Consume until stop() (or idle_exit_s without records); returns counts. token_key: default
+    PENALTY_PRIVACY_TOKEN_KEY from the environment, when set."""
     from confluent_kafka import Consumer
 
-    applier = Applier(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2))
+    applier = Applier(redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2),
+                      token_key_or_none() if token_key is None else token_key)
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": group_id, "group.instance.id": f"{group_id}-1",
         "isolation.level": "read_committed", "enable.auto.commit": False, "auto.offset.reset": "earliest",

@@ -37,6 +37,8 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import redis
 
+from sinks.tokens import erased_before, token_key_or_none
+
 log = logging.getLogger("sinks.notifier")
 
 SENT_KEY = "penalty:sent:{}"
@@ -124,16 +126,22 @@ def render(record: dict, appeal_url: str | None) -> tuple[str, str]:
 
 
 class Notifier:
-    def __init__(self, client: redis.Redis, smtp: SmtpConfig, secret: bytes, appeal_base_url: str):
+    def __init__(self, client: redis.Redis, smtp: SmtpConfig, secret: bytes, appeal_base_url: str,
+                 token_key: bytes | None = None):
+        """token_key (PENALTY_PRIVACY_TOKEN_KEY): notifications about a user from before their
+        erasure (in flight, or replayed) are dropped, not delivered."""
         self.client = client
         self.smtp = smtp
         self.secret = secret
         self.appeal_base_url = appeal_base_url
+        self.token_key = token_key
 
     def deliver(self, record: dict) -> bool:
-        """Deliver one notification; False when it was delivered before."""
+        """Deliver one notification; False when it was delivered before, or is about an erased user."""
         sent_key = SENT_KEY.format(record["notification_id"])
         if self.client.exists(sent_key):
+            return False
+        if erased_before(self.client, self.token_key, record.get("user_id") or "", record.get("event_time_ms", 0)):
             return False
         appeal = record.get("appeal")
         url = None
@@ -185,6 +193,16 @@ class RetryPolicy:
     max_waiting: int = 10_000  # records waiting for a retry before the notifier stops reading
 
 
+def failure(exc: Exception) -> str:
+    """What went wrong, for the log, without what the error may quote: SMTP refusals carry the
+    recipient's address and the server's text, Redis errors the command's arguments."""
+    code = getattr(exc, "smtp_code", None) or getattr(exc, "errno", None)
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = sorted({str(c) for c, _ in exc.recipients.values()})
+        return f"SMTPRecipientsRefused {','.join(codes)}"
+    return type(exc).__name__ + (f" {code}" if code else "")
+
+
 class _Lane:
     """The records of one channel (email, or in-app) that wait for a retry, in arrival order.
 
@@ -202,8 +220,8 @@ class _Lane:
         self.wait_s = min(self.retry.max_s, self.wait_s * 2) if self.wait_s else self.retry.first_s
         self.next_try = time.monotonic() + self.wait_s
         counts["failed"] += 1
-        log.warning("delivery of %s failed (%s); retrying in %.0f s, %d waiting", record["notification_id"], exc,
-                    self.wait_s, len(self.waiting))
+        log.warning("delivery of %s failed (%s); retrying in %.0f s, %d waiting", record["notification_id"],
+                    failure(exc), self.wait_s, len(self.waiting))
 
     def offer(self, notifier: Notifier, where: tuple[str, int], offset: int, record: dict, counts: dict) -> None:
         self.waiting.append((where, offset, record))
@@ -295,7 +313,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     smtp = SmtpConfig(args.smtp_host, args.smtp_port, args.smtp_tls, args.smtp_user,
                       os.environ.get("PENALTY_SMTP_PASSWORD"))
-    notifier = Notifier(redis.Redis.from_url(args.redis_url), smtp, secret.encode(), args.appeal_base_url)
+    notifier = Notifier(redis.Redis.from_url(args.redis_url), smtp, secret.encode(), args.appeal_base_url,
+                        token_key_or_none())
     print(json.dumps(run(args.bootstrap_servers, notifier, args.topic, idle_exit_s=args.idle_exit_s)))
     return 0
 
