@@ -87,6 +87,7 @@ def index_reviews(argv: list[str]) -> int:
 
     from console.desk import index_reviews as run
     from jobs.config import Topics
+    from sinks.tokens import token_key_or_none
 
     parser = argparse.ArgumentParser(prog="python -m console index-reviews",
                                      description="Keep the review topic's records in Redis (penalty:review:<incident>).")
@@ -99,7 +100,7 @@ def index_reviews(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     client = redis.Redis.from_url(args.redis_url, socket_timeout=5, socket_connect_timeout=5)
     stored = run(args.bootstrap_servers, client, args.review_topic or Topics().prefixed(args.topic_prefix).review,
-                 idle_exit_s=args.idle_exit_s)
+                 idle_exit_s=args.idle_exit_s, token_key=token_key_or_none())
     print(f"stored {stored} review records")
     return 0
 

@@ -97,10 +97,13 @@ def stream_owner(client: redis.Redis, stream_id: str) -> str | None:
 
 
 def index_reviews(bootstrap: str, client: redis.Redis, topic: str = "review", group_id: str = "console-reviews",
-                  stop=lambda: False, idle_exit_s: float | None = None) -> int:
+                  stop=lambda: False, idle_exit_s: float | None = None, token_key: bytes | None = None) -> int:
     """Consume `review` (read_committed) into `penalty:review:<incident_id>`; offsets are
-    committed after Redis has the batch. Returns the number of records stored."""
+    committed after Redis has the batch. Returns the number of records stored. token_key
+    (PENALTY_PRIVACY_TOKEN_KEY): records of an erased user from before the erasure are dropped."""
     from confluent_kafka import Consumer
+
+    from sinks.tokens import erased_before
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "isolation.level": "read_committed",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
@@ -120,6 +123,8 @@ def index_reviews(bootstrap: str, client: redis.Redis, topic: str = "review", gr
                     record["incident_id"]
                 except (ValueError, KeyError, TypeError):
                     continue  # the job writes review v1 only; nothing else is worth keeping
+                if erased_before(client, token_key, str(record.get("user_id") or ""), record.get("event_time_ms", 0)):
+                    continue
                 store_review(client, record)
                 stored += 1
             consumer.commit(asynchronous=False)
