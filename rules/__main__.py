@@ -113,6 +113,9 @@ def cmd_catalog(args) -> int:
         "band": dict(loader.BAND_KEYS),
         "unknown_types": dict(loader.UNKNOWN_KEYS),
         "ladder_rung": dict(loader.RUNG_KEYS),
+        "detector_guard": dict(loader.GUARD_KEYS),
+        "guard_limits": dict(loader.GUARD_LIMIT_KEYS),
+        "guard_counts": dict(loader.GUARD_COUNT_KEYS),
         "decisions": {
             "enforce": "add a strike and apply the ladder rung for the active strikes",
             "review": "send to human review (no strike yet); optional immediate actions",

@@ -41,6 +41,7 @@ from rules.ledger import (
 )
 from rules.model import DECISION_RANK, Action, Band, Category, Policy
 from rules.prepared import PreparedRules
+from rules.sections import GUARD_RULE_ID
 
 DAY_MS = 86_400_000
 
@@ -70,9 +71,14 @@ class PenaltyCore:
         self.policy = policy
         self.config = config
         self.prepared = PreparedRules(policy)  # the actions' descriptions and events, per rule
+        self.guard_bands = {category.name: guard_band(category) for category in policy.categories}
 
     # ----------------------------------------------------------------- alerts
-    def on_alert(self, state: UserState | None, alert: Alert, watermark_ms: int | None = None) -> Step:
+    def on_alert(self, state: UserState | None, alert: Alert, watermark_ms: int | None = None,
+                 guarded: bool = False) -> Step:
+        """`guarded`: the alert's detector is over its limits (rules/guard.py), so an enforce band
+        becomes the category's guard band: urgent review, no strike, a stream stop only where the
+        first strike would ban."""
         t = alert.event_time_ms
         horizon = self.config.dedupe_horizon_ms
         if watermark_ms is not None and t + horizon <= watermark_ms:
@@ -94,6 +100,8 @@ class PenaltyCore:
 
         category = self.policy.category_for(alert.violation_type)
         band = category.band_for(alert.confidence) if category else self.policy.unknown_types
+        if guarded and band.decision == "enforce":
+            band = self.guard_bands[category.name]
         incident, slot = self._open_incident(current, alert)
         if incident is None:
             incident = Incident(
@@ -205,6 +213,7 @@ class PenaltyCore:
                        "evidence": alert.evidence}],
             rule_id=band.id, policy_version=self.policy.version,
             actions_taken=list(prepared.described), event_time_ms=alert.event_time_ms,
+            reason=GUARD_RULE_ID if band.id == GUARD_RULE_ID else None,
         ))
         outputs.append(records.notification(
             user_id=alert.user_id, recipient_role="moderator", recipient_id=f"queue:{band.priority}",
@@ -217,11 +226,11 @@ class PenaltyCore:
         # and then the same summary serves as after (as dismissals do; the same JSON either way).
         unchanged = ledger[0] is state.strikes and ledger[1:] == (state.banned, state.suspended_until_ms)
         after = before if unchanged else state.summary(alert.event_time_ms)
+        detail = {"priority": band.priority, "confidence": alert.confidence, "actions": list(prepared.described)}
+        if band.id == GUARD_RULE_ID:
+            detail.update(reason=GUARD_RULE_ID, detector_id=alert.detector_id)
         outputs.append(records.audit(kind="decision", cause=cause_id, outcome="review", rule_id=band.id,
-                                     ledger_before=before, ledger_after=after,
-                                     detail={"priority": band.priority, "confidence": alert.confidence,
-                                             "actions": list(prepared.described)},
-                                     **common))
+                                     ledger_before=before, ledger_after=after, detail=detail, **common))
         return Step(state, outputs, ["review", *prepared.events])
 
     def _enforce(self, state, alert, incident, category, band, before, cause_id, common) -> Step:
@@ -417,6 +426,15 @@ class PenaltyCore:
         if current.suspended_until_ms and current.suspended_until_ms <= now_ms and not current.banned:
             current = current.with_(suspended_until_ms=0)
         return Step(None if current.is_empty_at(now_ms) else current, outputs, events)
+
+
+def guard_band(category: Category) -> Band:
+    """What an enforce-band alert of a tripped detector gets: urgent review, no strike. Where the
+    category's first strike bans (severe types), the stream still stops at once (a stop is
+    reversible, a ban is not)."""
+    first = category.rung_for(category.points) if category.ladder else None
+    severe = first is not None and any(action.kind == "ban" for action in first.actions)
+    return Band(GUARD_RULE_ID, 0.0, "review", "urgent", (Action("stop_stream"),) if severe else ())
 
 
 def records_json(alert: Alert) -> bytes:

@@ -24,12 +24,16 @@ from rules.model import (
     Rung,
     parse_duration,
 )
-from rules.sections import (  # noqa: F401 - BAND_KEYS, RUNG_KEYS, UNKNOWN_KEYS: part of this module's interface
+from rules.sections import (  # noqa: F401 - the *_KEYS: part of this module's interface
     BAND_KEYS,
+    GUARD_COUNT_KEYS,
+    GUARD_KEYS,
+    GUARD_LIMIT_KEYS,
     RUNG_KEYS,
     UNKNOWN_KEYS,
     check_band,
     check_bands,
+    check_guard,
     check_ladder,
     construct_scalar,
 )
@@ -65,6 +69,8 @@ TOP_KEYS = {
     "description": "free text",
     "categories": "map of category name -> category (required)",
     "unknown_types": "band used for violation types no category lists: decision review or dismiss",
+    "detector_guard": "limits per detector; a detector over them sends its enforce-band alerts to urgent "
+                      "review instead of penalising (optional, docs/rules.md)",
 }
 CATEGORY_KEYS = {
     "types": "violation types in this category (list of strings, required)",
@@ -206,8 +212,10 @@ def check_policy(data: bytes, file: str = "<rules>") -> tuple[Policy | None, lis
                         "an unknown violation type never gets an automatic penalty: use review")
             unknown = None
 
+    guard_ok, guard = check_guard(checker, top["detector_guard"][1]) if "detector_guard" in top else (True, None)
+
     problems = sorted(checker.problems, key=lambda p: p.line)
-    if problems or name is None or unknown is None:
+    if problems or name is None or unknown is None or not guard_ok:
         return None, problems
     policy = Policy(
         name=name,
@@ -216,6 +224,7 @@ def check_policy(data: bytes, file: str = "<rules>") -> tuple[Policy | None, lis
         categories=tuple(categories),
         unknown_types=unknown,
         description=description,
+        detector_guard=guard,
     )
     return policy, []
 

@@ -90,6 +90,33 @@ class Category:
 
 
 @dataclass(frozen=True)
+class GuardLimits:
+    """How much one detector may cause in a guard window (rules/guard.py): for alerts and for
+    enforcements each, at most min(ceiling, max(floor, ratio x its average per window over the
+    baseline)); only the ceiling while the detector has less than a full baseline of history."""
+    ratio: float
+    alerts_floor: int
+    alerts_ceiling: int
+    enforcements_floor: int
+    enforcements_ceiling: int
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    window_ms: int  # the sliding window the counts are over (whole minutes)
+    baseline_ms: int  # the history before the window the average comes from (whole minutes)
+    cool_down_ms: int  # how long a tripped detector must stay under its limits to be released
+    default: GuardLimits
+    detectors: tuple[tuple[str, GuardLimits], ...] = ()  # per detector id, instead of the default
+
+    def limits_for(self, detector_id: str) -> GuardLimits:
+        for name, limits in self.detectors:
+            if name == detector_id:
+                return limits
+        return self.default
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     version: str  # content hash of the YAML file: "sha256:<12 hex>"
@@ -97,6 +124,7 @@ class Policy:
     categories: tuple[Category, ...]
     unknown_types: Band
     description: str = ""
+    detector_guard: GuardConfig | None = None  # None: no guard
     _by_type: dict[str, Category] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

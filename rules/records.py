@@ -87,7 +87,7 @@ def notification(
 def review(
     *, user_id: str, stream_id: str, incident_id: str, violation_type: str, priority: str,
     alert_ids: list[str], max_confidence: float, evidence: list[dict[str, Any]], rule_id: str,
-    policy_version: str, actions_taken: list[str], event_time_ms: int,
+    policy_version: str, actions_taken: list[str], event_time_ms: int, reason: str | None = None,
 ) -> Output:
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -105,6 +105,8 @@ def review(
         "actions_taken": actions_taken,
         "event_time_ms": event_time_ms,
     }
+    if reason is not None:  # why a review instead of the band's decision (only "detector_guard" so far)
+        record["reason"] = reason
     return Output("review", user_id, record)
 
 
@@ -131,6 +133,36 @@ def audit(
         "event_time_ms": event_time_ms,
     }
     return Output("audit", user_id, record)
+
+
+def guard_change(
+    *, detector_id: str, outcome: str, cause: str, event_time_ms: int, rule_id: str, policy_name: str,
+    policy_version: str, detail: dict[str, Any],
+) -> list[Output]:
+    """A detector guard tripped or released (outcome "tripped" / "released"): an audit record of
+    kind detector_guard and a notice to the moderators' queue `detector_guard`. No user is
+    concerned: user_id is "" and the records have no Kafka key."""
+    detail = {"detector_id": detector_id, **detail}
+    out = audit(kind="detector_guard", user_id="", cause=cause, event_time_ms=event_time_ms, outcome=outcome,
+                rule_id=rule_id, policy_name=policy_name, policy_version=policy_version, detail=detail)
+    notice = {
+        "schema_version": SCHEMA_VERSION,
+        "notification_id": stable_id("ntf", "detector_guard", detector_id, outcome, cause),
+        "user_id": "",
+        "recipient_role": "moderator",
+        "recipient_id": "queue:detector_guard",
+        "channel": "in_app",
+        "topic": f"detector_guard_{outcome}",
+        "incident_id": None,
+        "violation_type": None,
+        "actions": [],
+        "penalty_ids": [],
+        "appeal": None,
+        "rule_id": rule_id,
+        "event_time_ms": event_time_ms,
+        "detail": detail,
+    }
+    return [out._replace(key=None), Output("notification", None, notice)]
 
 
 def dead_letter(

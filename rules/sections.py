@@ -16,6 +16,8 @@ from rules.model import (
     PRIORITIES,
     Action,
     Band,
+    GuardConfig,
+    GuardLimits,
     Rung,
     parse_duration,
 )
@@ -53,6 +55,9 @@ def construct_scalar(node: yaml.Node) -> Any:
 def unique_rule_id(checker, node, ids) -> str | None:
     rule_id = checker.string(node, "id")
     if rule_id is None:
+        return None
+    if rule_id == GUARD_RULE_ID:
+        checker.add(node, f"rule id '{rule_id}' is reserved", "the detector guard's reviews carry it; pick another id")
         return None
     if rule_id in ids:
         checker.add(node, f"rule id '{rule_id}' is used twice (first at line {ids[rule_id].start_mark.line + 1})",
@@ -250,3 +255,120 @@ def check_ladder(checker, node, what, ids) -> tuple[bool, list[Rung]]:
                     f"make the last rung open-ended, e.g. strikes: {last.min_strikes}+")
         ok = False
     return ok, [r for r, _ in rungs]
+
+
+# The detector guard (rules/guard.py): top-level key `detector_guard`.
+GUARD_KEYS = {
+    "window": "sliding event-time window the guard counts a detector's alerts in, whole minutes, e.g. 10m "
+              "(required)",
+    "baseline": "history before the window a detector's average per window comes from, whole minutes, "
+                "e.g. 24h (required)",
+    "cool_down": "event time a tripped detector must stay under its limits to be released, e.g. 30m (required)",
+    "default": "limits of every detector not listed under detectors (required)",
+    "detectors": "map of detector id -> limits; keys left out are taken from default",
+}
+GUARD_LIMIT_KEYS = {
+    "ratio": "a window may hold up to ratio x the detector's average per window over the baseline "
+             "(number >= 1)",
+    "alerts": "{floor, ceiling} for every alert of the detector in the window",
+    "enforcements": "{floor, ceiling} for its enforce-band alerts (automatic penalties) in the window",
+}
+GUARD_COUNT_KEYS = {
+    "floor": "the limit is never below this, whatever the baseline (whole number >= 0)",
+    "ceiling": "the limit is never above this; the only limit before a full baseline (whole number >= 1)",
+}
+GUARD_RULE_ID = "detector_guard"  # reserved: the rule id of reviews a tripped guard sends
+
+
+def _minutes(checker, node, what) -> int | None:
+    value = parse_duration(construct_scalar(node)) if isinstance(node, yaml.ScalarNode) else None
+    if value is None or value % 60_000:
+        checker.add(node, f"{what} must be a whole number of minutes", "like 10m, 24h, 1d")
+        return None
+    return value
+
+
+def _guard_counts(checker, node, what, base: tuple[int, int] | None, required: bool) -> tuple[int, int] | None:
+    entries = checker.mapping(node, what)
+    if entries is None:
+        return None
+    checker.known_keys(entries, GUARD_COUNT_KEYS, what)
+    ok = not required or checker.required(entries, ("floor", "ceiling"), node, what)
+    got = list(base or (0, 0))
+    for index, key in enumerate(("floor", "ceiling")):
+        if key in entries:
+            vnode = entries[key][1]
+            value = construct_scalar(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+            if type(value) is not int or value < index:
+                checker.add(vnode, f"{what}: {key} must be a whole number >= {index}")
+                ok = False
+            else:
+                got[index] = value
+    if ok and (base is not None or len(entries) == 2) and got[0] > got[1]:
+        checker.add(node, f"{what}: floor {got[0]} is above ceiling {got[1]}", "the floor may be at most the ceiling")
+        ok = False
+    return (got[0], got[1]) if ok and (base is not None or required) else None
+
+
+def _guard_limits(checker, node, what, base: GuardLimits | None, required: bool) -> GuardLimits | None:
+    """Limits of `detector_guard default` (required: every key) or of one detector (the keys it
+    gives replace the default's; base None when the default itself is broken: checked, not built)."""
+    entries = checker.mapping(node, what)
+    if entries is None:
+        return None
+    checker.known_keys(entries, GUARD_LIMIT_KEYS, what)
+    ok = not required or checker.required(entries, tuple(GUARD_LIMIT_KEYS), node, what)
+    ratio = base.ratio if base else 0.0
+    if "ratio" in entries:
+        rnode = entries["ratio"][1]
+        value = construct_scalar(rnode) if isinstance(rnode, yaml.ScalarNode) else None
+        if type(value) not in (int, float) or not 1 <= value <= 1_000_000:
+            checker.add(rnode, f"{what}: ratio must be a number from 1 to 1000000", "e.g. ratio: 5")
+            ok = False
+        else:
+            ratio = float(value)
+    counts = {}
+    for key in ("alerts", "enforcements"):
+        previous = None if base is None else (getattr(base, f"{key}_floor"), getattr(base, f"{key}_ceiling"))
+        if key in entries:
+            counts[key] = _guard_counts(checker, entries[key][1], f"{what} {key}", previous, required)
+            ok = ok and counts[key] is not None
+        else:
+            counts[key] = previous
+    if not ok or base is None and not required:
+        return None
+    return GuardLimits(ratio, *counts["alerts"], *counts["enforcements"])
+
+
+def check_guard(checker, node) -> tuple[bool, GuardConfig | None]:
+    """The `detector_guard` section: (ok, its config)."""
+    what = "detector_guard"
+    entries = checker.mapping(node, what)
+    if entries is None:
+        return False, None
+    checker.known_keys(entries, GUARD_KEYS, what)
+    ok = checker.required(entries, ("window", "baseline", "cool_down", "default"), node, what)
+    durations = {}
+    for key in ("window", "baseline", "cool_down"):
+        if key in entries:
+            durations[key] = _minutes(checker, entries[key][1], f"{what}: {key}")
+            ok = ok and durations[key] is not None
+    default = None
+    if "default" in entries:
+        default = _guard_limits(checker, entries["default"][1], f"{what} default", None, required=True)
+        ok = ok and default is not None
+    detectors = []
+    if "detectors" in entries:
+        dnodes = checker.mapping(entries["detectors"][1], f"{what} detectors")
+        if dnodes is None:
+            ok = False
+        for name, (_, dnode) in (dnodes or {}).items():
+            limits = _guard_limits(checker, dnode, f"{what} detector '{name}'", default, required=False)
+            if limits is None:
+                ok = False
+            else:
+                detectors.append((name, limits))
+    if not ok or default is None:
+        return False, None
+    return True, GuardConfig(durations["window"], durations["baseline"], durations["cool_down"], default,
+                             tuple(detectors))

@@ -19,6 +19,7 @@ from connectors.decisions import Decision, parse_decision
 from connectors.signing import DecisionKeys
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore, Step
+from rules.guard import DetectorGuard
 from rules.ledger import UserState
 from rules.model import Policy
 
@@ -53,6 +54,7 @@ class Simulator:
     def __init__(self, policy: Policy, config: CoreConfig = DEFAULT_CONFIG, shadow_policy: Policy | None = None):
         self.core = PenaltyCore(policy, config)
         self.shadow = PenaltyCore(shadow_policy, config) if shadow_policy is not None else None
+        self.guard = DetectorGuard.of(policy)  # the job's guard stage, ahead of the user's state
         self.states: dict[str, UserState] = {}
         self.timers: dict[str, int] = {}  # user -> wake time (the one live timer)
         self.queue: list[tuple[int, str]] = []  # heap of (wake, user); stale entries skipped
@@ -88,8 +90,16 @@ class Simulator:
     def on_alert(self, alert: Alert, watermark_ms: int | None = None) -> list:
         """Event-time order when watermark_ms is None; else arrival order under that watermark."""
         outputs = self.advance_to(alert.event_time_ms - 1 if watermark_ms is None else watermark_ms)
+        guarded = False
+        if self.guard is not None:
+            verdict = self.guard.on_alert(alert)
+            guarded = verdict.guarded
+            outputs += verdict.outputs
+            for _, tripped in verdict.changes:
+                event = "detector_guard.tripped" if tripped else "detector_guard.released"
+                self.events[event] = self.events.get(event, 0) + 1
         before = self.states.get(alert.user_id)
-        step = self.core.on_alert(before, alert, watermark_ms)
+        step = self.core.on_alert(before, alert, watermark_ms, guarded)
         shadow_outputs = []
         if self.shadow is not None:  # from the state before, so before the live step is written
             audit, event = shadow.compare(self.shadow, self.core.policy.version, before, alert, watermark_ms, step)

@@ -100,6 +100,18 @@ def _when(ms: int | None) -> str:
 def render(record: dict, appeal_url: str | None) -> tuple[str, str]:
     """(subject, body) of a notification."""
     violation = (record.get("violation_type") or "a policy violation").replace("_", " ")
+    if record["topic"].startswith("detector_guard_"):
+        detail = record.get("detail") or {}
+        detector = detail.get("detector_id", "?")
+        if record["topic"] == "detector_guard_tripped":
+            body = (f"Detector {detector} went over its limits ({detail.get('enforcements')} enforce-band alerts, "
+                    f"limit {detail.get('enforcement_limit')}; {detail.get('alerts')} alerts, limit "
+                    f"{detail.get('alert_limit')}, in {detail.get('window_ms', 0) // 60_000} min). Its alerts "
+                    "now go to urgent review instead of penalising. Runbook: docs/operations.md"
+                    "#penaltydetectorguardtripped")
+            return f"Detector guard tripped: {detector}", body
+        return (f"Detector guard released: {detector}",
+                f"Detector {detector} penalises automatically again ({detail.get('released_by')}).")
     if record["topic"] == "review_request":
         return (f"Review needed: {violation}",
                 f"An incident ({record['incident_id']}) of user {record['user_id']} needs human review.")
@@ -158,7 +170,9 @@ class Notifier:
                   else INBOX_KEY.format(recipient))
         fields = {"notification_id": record["notification_id"], "subject": subject, "body": body,
                   "incident_id": record.get("incident_id") or "", "appeal_url": url or ""}
-        if record["recipient_role"] == "moderator":  # what the review console's queue shows and keys on
+        if record["topic"].startswith("detector_guard_"):  # queue:detector_guard, not a review to decide
+            fields.update(kind="detector_guard", detector_id=(record.get("detail") or {}).get("detector_id", ""))
+        elif record["recipient_role"] == "moderator":  # what the review console's queue shows and keys on
             fields.update(kind="review", user_id=record["user_id"], violation_type=record.get("violation_type") or "")
         # In-app: message and sent marker in one transaction, so a restart can never repeat it.
         with self.client.pipeline(transaction=True) as pipe:
