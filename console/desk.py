@@ -26,6 +26,7 @@ class UserView:
     history: list[dict] = field(default_factory=list)  # audit records, newest first
     ledger: dict | None = None  # the newest ledger_after of the history
     actions: list[dict] = field(default_factory=list)  # console actions about the user, newest first
+    strikes: list[tuple[str, int | None]] = field(default_factory=list)  # active: (incident, expires at ms)
 
 
 def user_status(client: redis.Redis, user_id: str) -> dict:
@@ -70,6 +71,14 @@ def latest_ledger(records: list[dict]) -> dict | None:
     return None
 
 
+def active_strikes(records: list[dict], ledger: dict | None) -> list[tuple[str, int | None]]:
+    """The ledger's active strikes with their expiry, from the audit record that made each one
+    (None: that record is not in the archive)."""
+    expiry = {r.get("incident_id"): (r.get("detail") or {}).get("strike_expires_at_ms") for r in records
+              if r.get("kind") == "decision" and r.get("outcome") == "enforced"}
+    return [(incident, expiry.get(incident)) for incident in (ledger or {}).get("active_strikes", [])]
+
+
 def console_actions(client: redis.Redis, user_id: str, scan: int = ACTIONS_SCAN) -> list[dict]:
     """The console's own actions (claims, decisions, appeals) about this user, newest first."""
     from console.queue import ACTIONS_KEY
@@ -84,8 +93,9 @@ def console_actions(client: redis.Redis, user_id: str, scan: int = ACTIONS_SCAN)
 
 def user_view(client: redis.Redis, archive_dir: Path | None, user_id: str, keyring=None) -> UserView:
     records = history(archive_dir, user_id, keyring=keyring)
-    return UserView(user_id, user_status(client, user_id), records, latest_ledger(records),
-                    console_actions(client, user_id))
+    ledger = latest_ledger(records)
+    return UserView(user_id, user_status(client, user_id), records, ledger, console_actions(client, user_id),
+                    active_strikes(records, ledger))
 
 
 def stream_owner(client: redis.Redis, stream_id: str) -> str | None:

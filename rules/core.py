@@ -249,6 +249,7 @@ class PenaltyCore:
                                      ledger_before=before, ledger_after=after,
                                      detail={"band": band.id, "confidence": alert.confidence,
                                              "strike_points": points,
+                                             "strike_expires_at_ms": strike.expires_at_ms,
                                              "actions": list(prepared.described)},
                                      **common))
         return Step(state, outputs, ["enforced", *prepared.events])

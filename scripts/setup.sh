@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the job and the tests need on a fresh machine:
 # the venv, the Kafka connector jars (sha256-verified), the project's own Java helpers,
-# redis-server and Prometheus (promtool and the server). A second run only checks stamps and
-# returns in about a second.
+# redis-server, Prometheus (promtool and the server) and headless Chromium with its driver.
+# A second run only checks stamps and returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,6 +15,7 @@ CLIENTS_SHA=7568b998572d256f0b7bc0afdc1b7a2588b8b08415c62ce314c864a6851ae9d9
 EXTRAS=${PENALTY_EXTRAS:-dev}        # the container image installs [runtime] deps only: PENALTY_EXTRAS=""
 WITH_REDIS=${PENALTY_WITH_REDIS:-1}  # the container image has no local Redis: 0
 WITH_PROMTOOL=${PENALTY_WITH_PROMTOOL:-1}  # nor the monitoring tests (promtool, prometheus): 0
+WITH_BROWSER=${PENALTY_WITH_BROWSER:-1}    # nor the console's browser test (chromium, chromedriver): 0
 
 die() { echo "setup: $*" >&2; exit 1; }
 say() { echo "setup: $*"; }
@@ -107,5 +108,11 @@ if [ "$WITH_PROMTOOL" = 1 ]; then
   for cmd in promtool prometheus; do
     command -v "$cmd" >/dev/null 2>&1 || apt_install prometheus "$cmd"
   done
+fi
+# Headless Chromium and its WebDriver: tests/test_console_browser.py drives the console in a real
+# browser (Selenium, pointed at these two, never downloading a driver of its own).
+if [ "$WITH_BROWSER" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || apt_install chromium chromium
+  command -v chromedriver >/dev/null 2>&1 || apt_install chromium-driver chromedriver
 fi
 say "ready (venv: .venv, jars: .cache/jars)"

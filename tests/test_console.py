@@ -3,6 +3,7 @@ the decisions topic, Starlette's TestClient for the browser."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import fakeredis
@@ -266,3 +267,21 @@ def test_forged_or_expired_links_get_a_clear_page_and_write_nothing(desk, tamper
     posted = streamer.post("/appeal", data={"csrf_token": token, "link": tamper(link), "statement": "please"})
     assert posted.status_code == status
     assert client.xlen(MODERATION_KEY.format("normal")) == 0 and not client.exists(APPEALED_KEY.format(INC))
+
+
+def test_active_strikes_show_their_expiry_from_the_record_that_made_them(policy):
+    from console.desk import active_strikes, latest_ledger
+    from rules.simulate import run
+
+    from .conftest import HOUR_MS, alert_bytes
+
+    alerts = [alert_bytes(alert_id=f"a-{i}", stream_id=f"s-{i}", event_time_ms=T0_MS + i * HOUR_MS) for i in range(2)]
+    audit = [o["record"] for o in map(json.loads, run(policy, alerts, drain=False)) if o["kind"] == "audit"]
+    newest_first = audit[::-1]
+    strikes = active_strikes(newest_first, latest_ledger(newest_first))
+    # hate speech: standard category, strikes expire after 90 days
+    assert [expires for _, expires in strikes] == [T0_MS + 90 * DAY_MS, T0_MS + HOUR_MS + 90 * DAY_MS]
+    # An archive without the record that made a strike (cut by retention) shows no expiry for it.
+    first = strikes[0][0]
+    cut = [r for r in newest_first if r.get("incident_id") != first]
+    assert active_strikes(cut, latest_ledger(newest_first)) == [(first, None), strikes[1]]
