@@ -13,6 +13,11 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+# Topic indexes beyond the job's input topics, written by the detector guard stage
+# (jobs/guard_operator.py) into the bundles it passes on: an alert its detector's guard holds back
+# from automatic penalties, and one record carrying the guard's own outputs.
+GUARDED_ALERT, GUARD_OUTPUTS = 2, 3
+
 _COUNT = struct.Struct(">i")
 _HEADER = struct.Struct(">biqqii")  # topic, partition, offset, timestamp, size, user length
 _LENGTH = struct.Struct(">i")
@@ -52,6 +57,28 @@ def records(bundle: bytes) -> Iterator[BundledRecord]:
         raise BundleError(f"bundle of {end} bytes breaks the layout at byte {pos}: {exc}") from exc
     if pos != end:
         raise BundleError(f"bundle of {end} bytes holds {count} records ending at byte {pos}")
+
+
+def positioned(bundle: bytes) -> Iterator[tuple[int, BundledRecord]]:
+    """(byte position of the record's topic index, record) for each record of a valid bundle."""
+    pos = 4
+    for record in records(bundle):
+        yield pos, record
+        pos += 29 + len(record.user_id.encode("utf-8")) + 4 + len(record.payload)
+
+
+def rewritten(bundle: bytes, guarded: list[int], extra: BundledRecord | None) -> bytes:
+    """The bundle with the topic index at each of `guarded` (positions) set to GUARDED_ALERT and
+    `extra` appended."""
+    if not guarded and extra is None:
+        return bundle
+    out = bytearray(bundle)
+    for pos in guarded:
+        out[pos] = GUARDED_ALERT
+    if extra is not None:
+        _COUNT.pack_into(out, 0, _COUNT.unpack_from(bundle, 0)[0] + 1)
+        out += pack([extra])[4:]
+    return bytes(out)
 
 
 def pack(items: Iterable[BundledRecord]) -> bytes:

@@ -189,7 +189,7 @@ BUNDLE_TYPE = Types.PRIMITIVE_ARRAY(Types.BYTE())  # one bundle of raw records (
 
 
 def bundled_by_shard(raw: DataStream, name: str, uid: str, topics: list[str], max_parallelism: int,
-                     bundle_records: int, bundle_ms: int) -> KeyedStream:
+                     bundle_records: int, bundle_ms: int, parallelism: int | None = None) -> KeyedStream:
     """Raw records packed into bundles in the JVM (ShardBundler, chained to the source), one per
     key group of the payload's user id, and keyed by that key group's shard key: the keyed Python
     operator behind it is entered once per bundle and reads each user's own keyed state, which
@@ -200,8 +200,20 @@ def bundled_by_shard(raw: DataStream, name: str, uid: str, topics: list[str], ma
                    bundle_ms)
     j_bundled = raw._j_data_stream.transform(name, bundled_type.get_java_type_info(), bundler)
     j_bundled.uid(uid)
+    if parallelism is not None:
+        j_bundled.setParallelism(parallelism)
     j_keyed = j_bundled.keyBy(gateway.jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
     return KeyedStream(j_keyed, BUNDLE_TYPE, raw)
+
+
+def unbundled(bundled: DataStream, name: str, uid: str, topics: list[str]) -> DataStream:
+    """Bundles (BUNDLE_TYPE) back into raw records (RAW_ALERT_TYPE) in the JVM (BundleSplitter), at
+    the bundles' parallelism, in bundle order; topic index i becomes topics[i]."""
+    j_split = bundled._j_data_stream.process(_new("penalty.connectors.BundleSplitter", _string_array(topics)),
+                                             RAW_ALERT_TYPE.get_java_type_info())
+    j_split.name(name).uid(uid)
+    j_split.setParallelism(bundled._j_data_stream.getParallelism())
+    return DataStream(j_split)
 
 
 def route_outputs(decided: DataStream, name: str, uid: str) -> DataStream:

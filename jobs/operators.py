@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 
+import orjson
 from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
@@ -201,6 +202,12 @@ class PenaltyFunction(KeyedProcessFunction):
 
     def _process(self, record: bundles.BundledRecord, watermark_ms: int, out: list) -> None:
         topic_index, partition, offset, timestamp_ms, size, key, payload = record
+        guarded = topic_index == bundles.GUARDED_ALERT  # an alert of a tripped detector (jobs/guard_operator.py)
+        if guarded:
+            topic_index = 0
+        elif topic_index == bundles.GUARD_OUTPUTS:  # the guard stage's own outputs, passed on as they are
+            out += orjson.loads(payload)
+            return
         topic = self.topics[topic_index] if 0 <= topic_index < len(self.topics) else None
         source = Source(topic, partition, offset, timestamp_ms)
         counts = self.counts
@@ -231,7 +238,7 @@ class PenaltyFunction(KeyedProcessFunction):
             return
         counts.add("alerts_valid")
         alert: Alert = result
-        step = self.core.on_alert(previous, alert, watermark_ms)
+        step = self.core.on_alert(previous, alert, watermark_ms, guarded)
         if any(output.kind in DECISION_KINDS for output in step.outputs):
             out += ("latency", str(alert.event_time_ms), "")
         audit = None

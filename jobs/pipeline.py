@@ -1,6 +1,9 @@
 """Wiring of the penalty job: build_pipeline(env, config) builds the graph, nothing runs here.
 
     alerts + decisions topics --one source (read_committed, per-partition watermarks)-->
+      [--detector guard (with a detector_guard in the policy: one Python operator at parallelism 1
+        over bundles of every record in arrival order; marks the alerts of tripped detectors and
+        adds its trip/release records) --split into records again (in the JVM)-->]
       --bundle by shard (in the JVM: one bundle per key group of the users, keyed by that group's
         shard key)--> penalty decisions (one Python operator, entered once per bundle: per record,
                       under the user's own key, parse and validate, dedupe, incidents, ledger,
@@ -19,11 +22,16 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from connectors import kafka
 from jobs.config import JobConfig, Topics
+from jobs.guard_operator import GuardFunction
 from jobs.operators import OUTPUT_TYPE, PenaltyFunction
 from rules.core import CoreConfig
+from rules.loader import parse_policy
 
 UIDS = {
     "source": "alerts-source",
+    "guard_bundle": "bundle-for-guard",  # stateless
+    "guard": "detector-guard",
+    "guard_split": "split-guarded-bundles",  # stateless
     "bundle": "bundle-by-shard",  # stateless; jobs before bundling had "key-by-user" here
     "penalty": "penalty-decisions",
     "route": "route-outputs",
@@ -37,16 +45,42 @@ def topics_by_kind(topics: Topics) -> dict[str, str]:
             "review": topics.review, "dlq": topics.dlq}
 
 
+# Topic names (never a Kafka topic's: those cannot hold a NUL) for the topic indexes the guard stage
+# writes into its bundles (connectors/bundles.py), so they survive the split and the next bundler.
+GUARD_MARKERS = ("\x00guarded-alert", "\x00guard-outputs")
+
+
+def guard_stage(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file: str,
+                topics: tuple[str, str]) -> DataStream:
+    """Raw records -> the same raw records in arrival order, each alert of a tripped detector
+    marked, plus the guard's own outputs (jobs/guard_operator.py): one bundle of every record at a
+    time into one Python operator at parallelism 1 (a detector's counts span all users), split
+    again in the JVM."""
+    keyed = kafka.bundled_by_shard(raw, "bundle for the guard", UIDS["guard_bundle"], list(topics), 1,
+                                   config.bundle_records, config.bundle_ms, parallelism=1)
+    guarded = (
+        keyed.process(GuardFunction(policy_bytes, policy_file, topics[0], config.max_payload_bytes,
+                                    config.max_future_skew_ms), output_type=kafka.BUNDLE_TYPE)
+        .uid(UIDS["guard"]).name("detector guard").set_parallelism(1)
+    )
+    return kafka.unbundled(guarded, "split guarded bundles", UIDS["guard_split"], [*topics, *GUARD_MARKERS])
+
+
 def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file: str,
            shadow: tuple[bytes, str] | None = None) -> DataStream:
     """Raw records of the alerts and decisions topics (RAW_ALERT_TYPE, with event-time
     timestamps) -> output records Row(kind, key, value) (kafka.OUTPUT_RECORD_TYPE). Shared by the
-    Kafka job and the mini-cluster tests."""
+    Kafka job and the mini-cluster tests. With a detector guard in the policy, the guard stage
+    goes first and the bundler behind it runs at its parallelism (1), keeping each user's order."""
     core_config = CoreConfig(config.dedupe_horizon_ms, config.incident_window_ms)
     topics = (config.topics.alerts, config.topics.decisions)
+    bundle_topics, bundle_parallelism = list(topics), None
+    if parse_policy(policy_bytes, policy_file).detector_guard is not None:
+        raw = guard_stage(raw, config, policy_bytes, policy_file, topics)
+        bundle_topics, bundle_parallelism = [*topics, *GUARD_MARKERS], 1
     decided = (
-        kafka.bundled_by_shard(raw, "bundle by shard", UIDS["bundle"], list(topics), config.max_parallelism,
-                               config.bundle_records, config.bundle_ms)
+        kafka.bundled_by_shard(raw, "bundle by shard", UIDS["bundle"], bundle_topics, config.max_parallelism,
+                               config.bundle_records, config.bundle_ms, parallelism=bundle_parallelism)
         .process(PenaltyFunction(policy_bytes, policy_file, core_config, topics,
                                  config.max_payload_bytes, config.max_future_skew_ms, *(shadow or (None, None)),
                                  state_cache_users=config.state_cache_users, max_parallelism=config.max_parallelism),

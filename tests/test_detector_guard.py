@@ -329,7 +329,7 @@ def test_trip_and_release_reach_the_moderators_detector_guard_queue(small):
         ("detector_guard", "det-1", "Detector guard released: det-1")]
     assert "#penaltydetectorguardtripped" in fields[0]["body"]
     # Never in the review console's queues.
-    assert not any(k.startswith(b"penalty:moderation:urgent") for k in client.keys())
+    assert not client.exists("penalty:moderation:urgent")
 
 
 def test_guard_records_match_their_published_schemas(small):
@@ -343,3 +343,16 @@ def test_guard_records_match_their_published_schemas(small):
         seen.add((r["kind"], r["record"].get("kind") or r["record"].get("topic") or r["record"].get("reason")))
     assert {("audit", "detector_guard"), ("notification", "detector_guard_tripped"),
             ("notification", "detector_guard_released"), ("review", "detector_guard")} <= seen
+
+
+def test_the_guard_stage_marks_alerts_in_place_and_appends_its_outputs():
+    from connectors import bundles
+
+    records = [bundles.BundledRecord(i % 2, 0, i, T0, 3, f"u-{i}", b"{%d}" % i) for i in range(4)]
+    packed = bundles.pack(records)
+    positions = [pos for pos, _ in bundles.positioned(packed)]
+    assert bundles.rewritten(packed, [], None) is packed
+    extra = bundles.BundledRecord(bundles.GUARD_OUTPUTS, -1, -1, -1, 2, "", b"[]")
+    out = list(bundles.records(bundles.rewritten(packed, [positions[2]], extra)))
+    assert [r.topic_index for r in out] == [0, 1, bundles.GUARDED_ALERT, 1, bundles.GUARD_OUTPUTS]
+    assert [r.payload for r in out[:4]] == [r.payload for r in records] and out[4] == extra

@@ -1,6 +1,6 @@
 """The per-alert cost of the pure Python decision path, without a JVM.
 
-    python -m devtools.bench core [--alerts 200000] [--profile]
+    python -m devtools.bench core [--alerts 200000] [--profile] [--guard]
 
 Does per record what the penalty operator (jobs/operators.py) does, over the throughput bench's
 mix (devtools/generator.py): parse and validate the payload, load the user through
@@ -14,6 +14,11 @@ The first 10% warms up (caches, interpreter); the rest is timed. A second run, u
 every encoded output and every stored state entry in order: `sha256` is the oracle that an
 optimisation changed no byte. `--profile` adds a third run under cProfile (so that profiling
 never distorts the timing) and lists the functions with the most own time.
+
+`--guard` also times the detector guard stage (jobs/guard_operator.py) over the same payloads, in
+bundles of `GUARD_BUNDLE` records: walk the bundle, its own parse of each alert, the guard's count
+and verdict, its state writes once per bundle (`guard_us_per_alert`: a cost on the guard's own
+core, at parallelism 1, beside the decision path's).
 
 Prints one JSON line.
 """
@@ -31,12 +36,14 @@ import sys
 import time
 from collections.abc import Callable
 
+from connectors import bundles
 from connectors.alerts import Rejection, Source, parse_alert
 from devtools.generator import AlertGenerator
 from jobs.config import REPO_ROOT, JobConfig
 from jobs.user_store import UserStore, apply_step
 from rules import compact_json
 from rules.core import CoreConfig, PenaltyCore
+from rules.guard import DetectorGuard
 from rules.loader import load_policy
 from rules.records import dead_letter
 
@@ -166,6 +173,72 @@ class Operator:
                 emit(f"out {output.kind} {output.key} {text}")
 
 
+GUARD_BUNDLE = 100  # records per bundle into the guard: ~4.6k alerts/s flushed every 20 ms
+
+
+class GuardStage:
+    """What GuardFunction does per bundle, minus Flink: its MapState is a dict."""
+
+    def __init__(self):
+        config = JobConfig()
+        self.config = config
+        self.guard = DetectorGuard.of(load_policy(config.rules_path))
+        self.entries: dict[str, str] = {}
+        self.guarded = 0
+        self.guard_records = 0
+
+    def process_bundle(self, bundle: bytes) -> bytes:
+        guard, guarded, outputs = self.guard, [], []
+        for pos, record in bundles.positioned(bundle):
+            alert = parse_alert(record.payload, Source(TOPIC, record.partition, record.offset, record.timestamp_ms),
+                                record.size, self.config.max_payload_bytes, self.config.max_future_skew_ms)
+            if isinstance(alert, Rejection) or alert.user_id != record.user_id:
+                continue
+            verdict = guard.on_alert(alert)
+            if verdict.guarded:
+                guarded.append(pos)
+            outputs += verdict.outputs
+        puts, removes = guard.take_writes()
+        self.entries.update(puts)
+        for key in removes:
+            del self.entries[key]
+        self.guarded += len(guarded)
+        self.guard_records += len(outputs)
+        return bundles.rewritten(bundle, guarded, None)
+
+
+def _guard_bundles(payloads: list[bytes], produced_ms: int) -> list[bytes]:
+    out = []
+    for start in range(0, len(payloads), GUARD_BUNDLE):
+        records = []
+        for offset in range(start, min(start + GUARD_BUNDLE, len(payloads))):
+            payload = payloads[offset]
+            try:
+                user = str(json.loads(payload)["user_id"])
+            except Exception:  # noqa: BLE001 - malformed payloads: no user, as the JVM's extractor reads them
+                user = ""
+            records.append(bundles.BundledRecord(0, 0, offset, produced_ms, len(payload), user, payload))
+        out.append(bundles.pack(records))
+    return out
+
+
+def measure_guard(payloads: list[bytes], produced_ms: int) -> dict:
+    packed = _guard_bundles(payloads, produced_ms)
+    warmup = len(packed) // 10
+    stage = GuardStage()
+    for bundle in packed[:warmup]:
+        stage.process_bundle(bundle)
+    t0, cpu0 = time.perf_counter_ns(), time.process_time_ns()
+    for bundle in packed[warmup:]:
+        stage.process_bundle(bundle)
+    elapsed_ns, cpu_ns = time.perf_counter_ns() - t0, time.process_time_ns() - cpu0
+    timed = max(1, len(payloads) - warmup * GUARD_BUNDLE)
+    return {"guard_us_per_alert": round(elapsed_ns / 1000 / timed, 2),
+            "guard_cpu_us_per_alert": round(cpu_ns / 1000 / timed, 2),
+            "guard_detectors": len(stage.guard.detectors), "guarded": stage.guarded,
+            "guard_records": stage.guard_records, "guard_state_entries": len(stage.entries)}
+
+
 def _payloads(alerts: int) -> list[bytes]:
     generator = AlertGenerator(seed=7, users=100_000, zipf_s=1.0, step_ms=50, start_ms=START_MS)
     return list(generator.payloads(alerts))
@@ -185,7 +258,7 @@ def _run(payloads: list[bytes], operator: Operator, start: int, stop: int, produ
         process(payloads[offset], offset, produced_ms)
 
 
-def measure(alerts: int = DEFAULT_ALERTS, profile: bool = False) -> dict:
+def measure(alerts: int = DEFAULT_ALERTS, profile: bool = False, guard: bool = False) -> dict:
     payloads = _payloads(alerts)
     # Produced after the last event time, as in the throughput bench (pre-produced input).
     produced_ms = START_MS + (alerts + 1) * 50
@@ -218,6 +291,10 @@ def measure(alerts: int = DEFAULT_ALERTS, profile: bool = False) -> dict:
     del oracle
     gc.collect()
 
+    if guard:
+        result.update(measure_guard(payloads, produced_ms))
+        gc.collect()
+
     if profile:
         profiler = cProfile.Profile()
         profiled = Operator(FakeEntries())
@@ -241,10 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.bench core", description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=DEFAULT_ALERTS)
     parser.add_argument("--profile", action="store_true", help="add a cProfile run (untimed) and its top functions")
+    parser.add_argument("--guard", action="store_true", help="also time the detector guard stage, per alert")
     args = parser.parse_args(argv)
     if args.alerts < 10:
         parser.error("--alerts must be at least 10")
-    print(json.dumps(measure(args.alerts, args.profile)))
+    print(json.dumps(measure(args.alerts, args.profile, args.guard)))
     return 0
 
 

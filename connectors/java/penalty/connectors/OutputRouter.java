@@ -10,6 +10,7 @@ import org.apache.flink.util.Collector;
 
 import java.util.HashMap;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * Everything the Python operator produced for one bundle of input records, in one String[] (one
@@ -22,7 +23,9 @@ import java.util.Map;
  *   <li>{@code enforcement | notification | audit | review | dlq, key, value}: an output record
  *       (the kinds of rules/records.py);
  *   <li>{@code count, name, n}: n increments ("" is one) of the counter {@code name} (see {@link #counter});
- *   <li>{@code latency, event_time_ms, ""}: a decision was made for an alert of that event time.
+ *   <li>{@code latency, event_time_ms, ""}: a decision was made for an alert of that event time;
+ *   <li>{@code gauge, group \t value \t name, v}: the gauge {@code name} in the metric group
+ *       {@code group=value} reads v from now on (see {@link #gauge}).
  * </ul>
  */
 public class OutputRouter extends ProcessFunction<String[], Row> {
@@ -31,6 +34,7 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
 
     private final String[] rejectionReasons;
     private transient Map<String, Counter> counters;
+    private transient Map<String, AtomicLong> gauges;
     private transient MetricGroup metrics;
     private transient DescriptiveStatisticsHistogram latency;
 
@@ -42,6 +46,7 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
     @Override
     public void open(OpenContext openContext) {
         counters = new HashMap<>();
+        gauges = new HashMap<>();
         metrics = getRuntimeContext().getMetricGroup();
         // Registered up front so dashboards and alert rules see them at zero.
         for (String name : new String[] {"alerts_in", "alerts_valid", "decisions_in", "decisions_rejected.invalid_decision",
@@ -65,6 +70,8 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
             if ("count".equals(kind)) {
                 String n = items[i + 2];
                 counter(items[i + 1]).inc(n.isEmpty() ? 1L : Long.parseLong(n));
+            } else if ("gauge".equals(kind)) {
+                gauge(items[i + 1]).set(Long.parseLong(items[i + 2]));
             } else if ("latency".equals(kind)) {
                 latency.update(Math.max(0L, System.currentTimeMillis() - Long.parseLong(items[i + 1])));
             } else {
@@ -87,6 +94,30 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
             counters.put(name, counter);
         }
         return counter;
+    }
+
+    /**
+     * The value behind one gauge, registered on first use: "detector\tvision-nsfw-v5\tguard_tripped"
+     * -> group detector=vision-nsfw-v5, gauge guard_tripped (Prometheus:
+     * {@code flink_taskmanager_job_task_operator_detector_guard_tripped{detector="vision-nsfw-v5"}}).
+     * The value is split at the first and the last tab, so it may hold tabs itself.
+     */
+    AtomicLong gauge(String spec) {
+        AtomicLong value = gauges.get(spec);
+        if (value == null) {
+            int first = spec.indexOf('\t');
+            int last = spec.lastIndexOf('\t');
+            if (first < 0 || first == last) {
+                throw new IllegalArgumentException("gauge " + spec + " is not group\\tvalue\\tname");
+            }
+            AtomicLong registered = new AtomicLong();
+            org.apache.flink.metrics.Gauge<Long> read = registered::get;
+            metrics.addGroup(spec.substring(0, first), spec.substring(first + 1, last))
+                    .gauge(spec.substring(last + 1), read);
+            gauges.put(spec, registered);
+            value = registered;
+        }
+        return value;
     }
 
     private Counter register(String name) {
