@@ -11,6 +11,9 @@ Redis keys (documented contract for stream servers):
                                      penalty_id, reason. Stream servers XREAD it (or a consumer
                                      group) and end the live stream.
 
+With PENALTY_PRIVACY_TOKEN_KEY (sinks/tokens.py) records of an erased user from before the
+erasure are dropped, and a ban kept at the erasure (penalty:ban:<token>) keeps the user banned.
+
 Applying is idempotent and ordered per user: one Lua script compares the record's user_version
 with the stored one and does nothing unless it is newer, so redelivery, replays and reordering
 never regress a user's state (and never repeat a stop command). Offsets are committed only after

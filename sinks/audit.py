@@ -353,6 +353,9 @@ def show(directory: Path, user_id: str, keyring) -> int:
               "their sealed entries from before then cannot be read by anyone", file=sys.stderr)
     elif found.key_state == "none":
         print("no data key for this user in the key store: nothing of theirs was sealed", file=sys.stderr)
+    elif "erased_ms" in (entry := keyring.entry(user_id)):
+        print(f"ERASED before: this user's data key was destroyed at {entry['erased_ms']} (erasure "
+              f"{entry['erasure_id']}); shown are only entries sealed since", file=sys.stderr)
     print(f"{len(found.records)} entries shown, {found.plaintext} of them plaintext from before sealing",
           file=sys.stderr)
     return 0

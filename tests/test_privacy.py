@@ -166,6 +166,12 @@ def test_show_says_what_was_erased(keyring, tmp_path, capsys):
     audit.show(tmp_path, "u-2", keyring)
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2 and "2 entries shown" in err
+    store = Archive(tmp_path, keyring=keyring)
+    store.append(0, 10, audit_record("u-1", 10, event_time_ms=T0_MS + 60))  # after the erasure: a new key
+    store.close()
+    audit.show(tmp_path, "u-1", keyring)
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and "ERASED before" in err and "only entries sealed since" in err
 
 
 def test_an_archive_from_before_sealing_verifies_and_continues_sealed(keyring, tmp_path):
@@ -382,3 +388,15 @@ def test_access_log_and_smtp_failures_name_no_user():
     refused = smtplib.SMTPRecipientsRefused({"u-77@users.example": (550, b"no such user u-77")})
     assert failure(refused) == "SMTPRecipientsRefused 550"
     assert "u-77" not in failure(smtplib.SMTPDataError(554, b"rejected for u-77"))
+
+
+def test_a_retention_run_cuts_the_archive_and_verify_passes_from_its_checkpoint(client, tmp_path):
+    keyring = KeyRing(RedisKeyStore(client), MASTER)
+    old_and_new(tmp_path, keyring)
+    policy = privacy.load_policy()
+    now_ms = T0_MS + 300 * DAY_MS + policy.days["audit"] * DAY_MS  # the old segments are past audit_days
+    report = privacy.retain(policy, client=client, now_ms=now_ms, archive_dir=tmp_path, checkpoint_key=CHECKPOINT_KEY)
+    assert report["audit_segments_removed"] == ["segment-000001.jsonl", "segment-000002.jsonl"]
+    assert verify(tmp_path, CHECKPOINT_KEY) == (15, None)
+    with pytest.raises(SystemExit, match="PENALTY_AUDIT_CHECKPOINT_KEY"):
+        privacy.retain(policy, client=client, now_ms=now_ms, archive_dir=tmp_path, checkpoint_key=None)
