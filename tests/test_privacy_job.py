@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pyflink
 import pytest
 import redis
 
@@ -77,6 +79,13 @@ def test_the_job_forgets_an_erased_user_but_keeps_the_ban(stack, tmp_path):
     assert stay["outcome"] == "enforced" and stay["ledger_before"]["strike_points"] == {"standard": 1}
     assert [(e["record"]["user_id"], e["record"]["action"]) for e in enforcement[4:]] == [
         (STAY, "stop_stream"), (STAY, "suspend")]
+    # The job's own output and the mini-cluster's log name neither user (the log is rewritten at
+    # each mini-cluster start, so it is this job's).
+    flink_log = Path(pyflink.__file__).parent / "log"
+    logs = [tmp_path / "job.log"] + sorted(flink_log.glob("flink-*-python-*.log"))
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert GONE not in text and STAY not in text, log
     # The erasure command's audit entry names nobody.
     [erasure] = [a["record"] for a in audit if a["record"]["kind"] == "erasure"]
     assert erasure["user_id"] is None and GONE not in str(erasure)
