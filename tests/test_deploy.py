@@ -6,6 +6,7 @@ a live cluster in tests/test_cluster.py."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from jobs.flink_env import load_flink_conf
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
 SERVICES = {"kafka", "topics", "redis", "jobmanager", "taskmanager", "submit", "applier", "notifier",
-            "audit-archiver", "prometheus"}
+            "audit-archiver", "prometheus", "grafana"}
 FLINK_SERVICES = ("jobmanager", "taskmanager", "submit")
 ENTRYPOINT_ROLES = ("jobmanager", "taskmanager", "submit")
 
@@ -163,6 +164,29 @@ def test_prometheus_scrapes_the_flink_services_and_loads_the_alerts():
     for rule_file in prom["rule_files"]:
         assert rule_file in mounts, f"{rule_file} is not mounted into the prometheus service"
         assert (REPO / mounts[rule_file]).is_file()
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard():
+    grafana = load_compose()["services"]["grafana"]
+    mounts = {v.split(":")[1]: REPO / v.split(":")[0] for v in grafana["volumes"] if v.startswith("./")}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    [datasource] = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
+    prometheus_port = load_compose()["services"]["prometheus"]["ports"][0].split(":")[-1]
+    assert (datasource["type"], datasource["url"]) == ("prometheus", f"http://prometheus:{prometheus_port}")
+    scrape_interval = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())["global"]["scrape_interval"]
+    assert datasource["jsonData"]["timeInterval"] == scrape_interval  # what $__rate_interval is derived from
+    [provider] = yaml.safe_load((provisioning / "dashboards/penalty.yml").read_text())["providers"]
+    assert mounts[provider["options"]["path"]] == REPO / "deploy/grafana/dashboards"
+    [dashboard_file] = sorted((REPO / "deploy/grafana/dashboards").glob("*.json"))
+    dashboard = json.loads(dashboard_file.read_text())
+    panels = dashboard["panels"]
+    assert {(p["datasource"]["uid"], t["datasource"]["uid"]) for p in panels for t in p["targets"]} == {
+        (datasource["uid"], datasource["uid"])}
+    assert all(t["expr"] for p in panels for t in p["targets"])
+    assert len({p["id"] for p in panels}) == len(panels)
+    assert [p["title"].split(":")[0].split(" (")[0] for p in panels] == [
+        "Backlog", "Dead-lettered per second, by reason", "Decisions per second, by action", "Decision latency",
+        "Checkpoint duration", "Detector guard"]
 
 
 def test_every_alert_has_a_runbook_section():
