@@ -53,6 +53,7 @@ class DetectorCounts:
     total: list[int] = field(default_factory=lambda: [0, 0])
     tripped_at_ms: int | None = None
     last_over_ms: int = 0  # event time of the latest alert that found the detector over a limit
+    window: list[int] = field(default_factory=lambda: [0, 0])  # the sum of the window's buckets
 
     def encode_standing(self) -> str:
         """Everything but the buckets, which are stored one entry each (`encode_bucket`), so a
@@ -66,7 +67,7 @@ class DetectorCounts:
         return None if slot is None else f"{slot[ALERTS]},{slot[ENFORCEMENTS]}"
 
     @classmethod
-    def decode(cls, standing: str, buckets: dict[int, str]) -> DetectorCounts:
+    def decode(cls, standing: str, buckets: dict[int, str], window: int) -> DetectorCounts:
         first, latest, tripped_at, last_over = json.loads(standing)
         counts = cls(first, latest, {}, [0, 0], tripped_at, last_over)
         for bucket, text in buckets.items():
@@ -74,6 +75,9 @@ class DetectorCounts:
             counts.buckets[bucket] = [alerts, enforcements]
             counts.total[ALERTS] += alerts
             counts.total[ENFORCEMENTS] += enforcements
+            if bucket > latest - window:
+                counts.window[ALERTS] += alerts
+                counts.window[ENFORCEMENTS] += enforcements
         return counts
 
 
@@ -142,7 +146,7 @@ class DetectorGuard:
                 bucket, _, detector_id = key[1:].partition("\x1f")
                 buckets.setdefault(detector_id, {})[int(bucket)] = value
         for detector_id, standing in standings.items():
-            counts = DetectorCounts.decode(standing, buckets.get(detector_id, {}))
+            counts = DetectorCounts.decode(standing, buckets.get(detector_id, {}), self.window)
             self.detectors[detector_id] = counts
             if counts.tripped_at_ms is not None:
                 self.tripped.add(detector_id)
@@ -165,11 +169,16 @@ class DetectorGuard:
             slot = counts.buckets.get(bucket)
             if slot is None:
                 slot = counts.buckets[bucket] = [0, 0]
+            in_window = bucket > counts.latest_bucket - self.window
             slot[ALERTS] += 1
             counts.total[ALERTS] += 1
+            if in_window:
+                counts.window[ALERTS] += 1
             if enforces:
                 slot[ENFORCEMENTS] += 1
                 counts.total[ENFORCEMENTS] += 1
+                if in_window:
+                    counts.window[ENFORCEMENTS] += 1
         outputs: list[records.Output] = []
         changes: list[tuple[str, bool]] = []
         window, limits = self._window(counts), self.limits(detector_id, counts)
@@ -220,6 +229,13 @@ class DetectorGuard:
         the baseline."""
         if bucket <= counts.latest_bucket:
             return
+        # The buckets that leave the window (at most a window of them, looked up one by one).
+        window, buckets = counts.window, counts.buckets
+        for left in range(counts.latest_bucket - self.window + 1, min(bucket - self.window, counts.latest_bucket) + 1):
+            slot = buckets.get(left)
+            if slot is not None:
+                window[ALERTS] -= slot[ALERTS]
+                window[ENFORCEMENTS] -= slot[ENFORCEMENTS]
         counts.latest_bucket = bucket
         oldest = bucket - self.window - self.baseline
         stale = [b for b in counts.buckets if b <= oldest]
@@ -231,14 +247,7 @@ class DetectorGuard:
             counts.total[ENFORCEMENTS] -= slot[ENFORCEMENTS]
 
     def _window(self, counts: DetectorCounts) -> list[int]:
-        got = [0, 0]
-        buckets = counts.buckets
-        for b in range(counts.latest_bucket - self.window + 1, counts.latest_bucket + 1):
-            slot = buckets.get(b)
-            if slot is not None:
-                got[ALERTS] += slot[ALERTS]
-                got[ENFORCEMENTS] += slot[ENFORCEMENTS]
-        return got
+        return counts.window
 
     def limits(self, detector_id: str, counts: DetectorCounts) -> Limits:
         config = self._limits.get(detector_id)

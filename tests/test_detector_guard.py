@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rules import simulate
 from rules.guard import BUCKET_MS, DetectorGuard
@@ -356,3 +358,20 @@ def test_the_guard_stage_marks_alerts_in_place_and_appends_its_outputs():
     out = list(bundles.records(bundles.rewritten(packed, [positions[2]], extra)))
     assert [r.topic_index for r in out] == [0, 1, bundles.GUARDED_ALERT, 1, bundles.GUARD_OUTPUTS]
     assert [r.payload for r in out[:4]] == [r.payload for r in records] and out[4] == extra
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.sampled_from(["d1", "d2"]), st.floats(0.0, 1.0)), max_size=80))
+def test_window_counts_kept_as_alerts_come_equal_a_recount(events):
+    """Out of order, jumps of hours, bucket pruning: the running window sum is a recount's."""
+    policy = small_policy()
+    guard = DetectorGuard(policy, policy.detector_guard)
+    for index, (minute, detector, confidence) in enumerate(events):
+        guard.on_alert(make_alert(alert_id=f"a-{index}", detector_id=detector, confidence=confidence,
+                                  event_time_ms=T0 + minute * 3 * MINUTE_MS // 2))
+        for counts in guard.detectors.values():
+            recount = [0, 0]
+            for bucket, slot in counts.buckets.items():
+                if counts.latest_bucket - guard.window < bucket <= counts.latest_bucket:
+                    recount = [recount[0] + slot[0], recount[1] + slot[1]]
+            assert counts.window == recount
