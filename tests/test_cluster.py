@@ -193,7 +193,9 @@ class TestMonitoringOnARealPrometheus:
             server.stop()
 
     def test_the_job_is_scraped_and_every_rule_evaluates(self, prom):
-        assert sorted({(t["labels"]["job"], t["health"]) for t in prom.targets()}) == [("flink", "up")]
+        assert {t["labels"]["job"] for t in prom.targets()} == {"flink"}
+        # A scrape of a busy process can miss its 1 s timeout: the next one counts.
+        assert still_missing(lambda: [(t["scrapeUrl"], t["lastError"]) for t in prom.targets() if t["health"] != "up"]) == []
         rules = prom.rules()
         assert sorted(r["name"] for r in rules) == sorted(alert_selectors())
         assert still_missing(lambda: [(r["name"], r["health"], r.get("lastError")) for r in prom.rules()
