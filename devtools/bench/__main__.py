@@ -17,6 +17,11 @@ in one process instead, as `make run` does:
         end-to-end durations of the checkpoints of the measured period explain the tail (latency.py).
     python -m devtools.bench all     both (`make bench`), one JSON summary line.
 
+Both pass `--conf`, `--source-property`, `--sink-property`, `--fetch-backoff-ms`, `--bundle-records`
+and `--bundle-ms` on to the job; `throughput --cluster-conf KEY=VALUE` sets the local cluster itself
+(what a job cannot set), e.g. JVM flags of the TaskManagers for a Java Flight Recorder profile:
+`--cluster-conf "env.java.opts.taskmanager=-XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"`.
+
 Parts of the job alone, with flags of their own:
 
     python -m devtools.bench core [--alerts 200000] [--profile]
@@ -61,6 +66,10 @@ def main(argv=None) -> int:
         p.add_argument("--parallelism", type=int, default=2)
         p.add_argument("--fetch-backoff-ms", type=int, default=None,
                        help="the job's pause after an empty fetch (default: the job's; 0: none)")
+        p.add_argument("--bundle-records", type=int, default=None,
+                       help="the job's bundle flush threshold, records over all key groups (default: the job's)")
+        p.add_argument("--bundle-ms", type=int, default=None,
+                       help="the job's longest wait before a bundle flush (default: the job's)")
         p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="Flink option for the job (repeatable), as `python -m jobs.penalty_job --conf`")
         p.add_argument("--source-property", action="append", default=[], metavar="KEY=VALUE",
@@ -83,6 +92,9 @@ def main(argv=None) -> int:
                            help="event time between alerts; the input spans alerts x step: beyond the 24 h dedupe "
                                 "horizon the timers that forget seen ids and incidents fire during the run")
             p.add_argument("--timeout-s", type=float, default=3600)
+            p.add_argument("--cluster-conf", action="append", default=[], metavar="KEY=VALUE",
+                           help="setting of the local standalone cluster itself (repeatable; not with --mini-cluster), for "
+                                "what the job cannot set: e.g. env.java.opts.taskmanager=-XX:StartFlightRecording=...")
             p.add_argument("--floor", choices=("python", "python-bundled", "jvm"),
                            help="run the pipeline with a pass-through in place of the penalty operator "
                                 "(devtools/bench/floor_job.py): what the source, exchange, router, sink and broker cost alone")

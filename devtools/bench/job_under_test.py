@@ -33,8 +33,11 @@ class JobUnderTest:
     GIL per TaskManager process, so this is how subtasks get a core each); with mini_cluster,
     embedded in one process the way `make run` runs it."""
 
-    def __init__(self, data: Path, parallelism: int, mini_cluster: bool):
+    def __init__(self, data: Path, parallelism: int, mini_cluster: bool, cluster_conf: list[str] | None = None):
         self.data, self.parallelism, self.mini_cluster = data, parallelism, mini_cluster
+        self.cluster_conf = cluster_overrides(cluster_conf or [])
+        if mini_cluster and self.cluster_conf:
+            raise ValueError("--cluster-conf sets the standalone cluster: not with --mini-cluster")
         self.rest_port = localstack.free_port()
         self.process = None
         self.cluster = None
@@ -53,7 +56,7 @@ class JobUnderTest:
 
         self.cluster = flink_cluster.Cluster(self.data / "cluster", self.rest_port, localstack.free_port())
         flink_cluster.up(self.cluster, taskmanagers=self.parallelism, slots=1,
-                         overrides={"metrics.fetcher.update-interval": str(METRICS_FETCH_MS)})
+                         overrides={"metrics.fetcher.update-interval": str(METRICS_FETCH_MS), **self.cluster_conf})
         script = flink_cluster.REPO_ROOT.joinpath(*module.split(".")).with_suffix(".py")
         self.job_id = flink_cluster.submit(self.cluster, job_args, script)
 
@@ -262,6 +265,19 @@ def _duration_ms(text: str) -> int:
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
+def cluster_overrides(items: list[str]) -> dict[str, str]:
+    """`--cluster-conf KEY=VALUE` items: settings of the standalone cluster itself (its rendered
+    FLINK_CONF_DIR), for what a job cannot set, e.g. `env.java.opts.taskmanager` (JVM flags such as
+    Java Flight Recorder) or `env.java.opts.jobmanager`."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--cluster-conf wants KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
 def passthrough_flags(args) -> list[str]:
     """The bench's Flink and Kafka overrides as flags of the job under test."""
     flags = []
@@ -269,7 +285,8 @@ def passthrough_flags(args) -> list[str]:
                         ("--sink-property", args.sink_property)):
         for item in items:
             flags += [flag, item]
-    if getattr(args, "fetch_backoff_ms", None) is not None:
-        flags += ["--fetch-backoff-ms", str(args.fetch_backoff_ms)]
+    for flag in ("fetch_backoff_ms", "bundle_records", "bundle_ms"):
+        if getattr(args, flag, None) is not None:
+            flags += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return flags
 

@@ -106,7 +106,7 @@ def measure_throughput(args) -> dict:
     stack = localstack.start_stack(data)
     topics = job_config.Topics()
     localstack.create_topics(stack.bootstrap, topics.partitions())
-    job = JobUnderTest(data, args.parallelism, args.mini_cluster)
+    job = JobUnderTest(data, args.parallelism, args.mini_cluster, getattr(args, "cluster_conf", None))
     try:
         generator = AlertGenerator(seed=args.seed, users=args.users, zipf_s=args.zipf_s, step_ms=args.step_ms,
                                    start_ms=int(time.time() * 1000) - args.alerts * args.step_ms)
@@ -191,6 +191,7 @@ def measure_throughput(args) -> dict:
             "delivery": "exactly_once", "parallelism": args.parallelism,
             "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
             "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf,
+            "cluster_conf": args.cluster_conf, "bundle_records": args.bundle_records, "bundle_ms": args.bundle_ms,
             "source_properties": args.source_property, "sink_properties": args.sink_property, "cpus": os.cpu_count(),
             "completed": done, "input_committed": committed, "input_end": end,
             "produce_s": round(produce_s, 1), "job_s": round(elapsed, 1),
