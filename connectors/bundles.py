@@ -15,8 +15,9 @@ from typing import NamedTuple
 
 # Topic indexes beyond the job's input topics, written by the detector guard stage
 # (jobs/guard_operator.py) into the bundles it passes on: an alert its detector's guard holds back
-# from automatic penalties, and one record carrying the guard's own outputs.
-GUARDED_ALERT, GUARD_OUTPUTS = 2, 3
+# from automatic penalties, one record carrying the guard's own outputs, and a record of the
+# decisions topic the guard stage dealt with (an operator's guard release: not a decision).
+GUARDED_ALERT, GUARD_OUTPUTS, GUARD_HANDLED = 2, 3, 4
 
 _COUNT = struct.Struct(">i")
 _HEADER = struct.Struct(">biqqii")  # topic, partition, offset, timestamp, size, user length
@@ -67,14 +68,16 @@ def positioned(bundle: bytes) -> Iterator[tuple[int, BundledRecord]]:
         pos += 29 + len(record.user_id.encode("utf-8")) + 4 + len(record.payload)
 
 
-def rewritten(bundle: bytes, guarded: list[int], extra: BundledRecord | None) -> bytes:
-    """The bundle with the topic index at each of `guarded` (positions) set to GUARDED_ALERT and
-    `extra` appended."""
-    if not guarded and extra is None:
+def rewritten(bundle: bytes, guarded: list[int], extra: BundledRecord | None, handled: tuple[int, ...] = ()) -> bytes:
+    """The bundle with the topic index at each of `guarded` (positions) set to GUARDED_ALERT, at
+    each of `handled` to GUARD_HANDLED, and `extra` appended."""
+    if not guarded and extra is None and not handled:
         return bundle
     out = bytearray(bundle)
     for pos in guarded:
         out[pos] = GUARDED_ALERT
+    for pos in handled:
+        out[pos] = GUARD_HANDLED
     if extra is not None:
         _COUNT.pack_into(out, 0, _COUNT.unpack_from(bundle, 0)[0] + 1)
         out += pack([extra])[4:]

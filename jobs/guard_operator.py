@@ -25,10 +25,13 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
 from connectors import bundles
-from connectors.alerts import Rejection, Source, parse_alert
+from connectors.alerts import MAX_RAW_BYTES, Rejection, Source, parse_alert
+from connectors.guard_release import ReleaseRefused, is_release, parse_release
+from connectors.signing import keys_from_env
 from jobs.operators import emit
 from rules.guard import DetectorGuard
 from rules.loader import parse_policy
+from rules.records import dead_letter
 
 GUARD_STATE = "guard-detectors"
 
@@ -39,11 +42,11 @@ def gauge(detector_id: str, tripped: bool) -> tuple[str, str, str]:
 
 
 class GuardFunction(KeyedProcessFunction):
-    def __init__(self, policy_bytes: bytes, policy_file: str, alerts_topic: str, max_payload_bytes: int,
+    def __init__(self, policy_bytes: bytes, policy_file: str, topics: tuple[str, str], max_payload_bytes: int,
                  max_future_skew_ms: int):
         self.policy_bytes = policy_bytes
         self.policy_file = policy_file
-        self.alerts_topic = alerts_topic
+        self.alerts_topic, self.decisions_topic = topics
         self.max_payload_bytes = max_payload_bytes
         self.max_future_skew_ms = max_future_skew_ms
 
@@ -53,6 +56,8 @@ class GuardFunction(KeyedProcessFunction):
         self.state = runtime_context.get_map_state(MapStateDescriptor(GUARD_STATE, Types.STRING(), Types.STRING()))
         self.loaded = False
         self.announced: set[str] = set()  # detectors whose gauge this run has set
+        # Releases are signed like decisions: each TaskManager reads the keys from its environment.
+        self.release_keys = keys_from_env()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         guard = self.guard
@@ -61,8 +66,13 @@ class GuardFunction(KeyedProcessFunction):
             guard.load_entries(self.state.items())
             self.loaded = True
         guarded: list[int] = []
+        handled: list[int] = []
         for pos, record in bundles.positioned(value):
             topic_index, partition, offset, timestamp_ms, size, key, payload = record
+            if topic_index == 1 and is_release(payload):
+                handled.append(pos)
+                self._release(record, out)
+                continue
             if topic_index != 0:
                 continue
             alert = parse_alert(payload, Source(self.alerts_topic, partition, offset, timestamp_ms), size,
@@ -89,4 +99,22 @@ class GuardFunction(KeyedProcessFunction):
         if out:
             payload = orjson.dumps(out)
             extra = bundles.BundledRecord(bundles.GUARD_OUTPUTS, -1, -1, -1, len(payload), "", payload)
-        yield bundles.rewritten(value, guarded, extra)
+        yield bundles.rewritten(value, guarded, extra, tuple(handled))
+
+    def _release(self, record: bundles.BundledRecord, out: list) -> None:
+        """An operator's release (connectors/guard_release.py): applied, or dead-lettered as the
+        decision operator dead-letters a bad decision."""
+        out += ("count", "decisions_in", "")
+        release = parse_release(record.payload, self.release_keys)
+        if isinstance(release, ReleaseRefused):
+            out += ("count", f"decisions_rejected.{release.reason}", "")
+            raw = bytes(record.payload[:MAX_RAW_BYTES])
+            emit(out, dead_letter(reason=release.reason, detail=release.detail, raw=raw, size_bytes=record.size,
+                                  topic=self.decisions_topic, partition=record.partition, offset=record.offset,
+                                  timestamp_ms=record.timestamp_ms, user_id=None))
+            return
+        outputs = self.guard.release(release.detector_id, release.event_time_ms, release.operator_id)
+        for output in outputs:
+            emit(out, output)
+        if outputs:
+            out += gauge(release.detector_id, False)

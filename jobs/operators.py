@@ -208,6 +208,8 @@ class PenaltyFunction(KeyedProcessFunction):
         elif topic_index == bundles.GUARD_OUTPUTS:  # the guard stage's own outputs, passed on as they are
             out += orjson.loads(payload)
             return
+        elif topic_index == bundles.GUARD_HANDLED:  # a guard release, applied by the guard stage
+            return
         topic = self.topics[topic_index] if 0 <= topic_index < len(self.topics) else None
         source = Source(topic, partition, offset, timestamp_ms)
         counts = self.counts

@@ -47,7 +47,7 @@ def topics_by_kind(topics: Topics) -> dict[str, str]:
 
 # Topic names (never a Kafka topic's: those cannot hold a NUL) for the topic indexes the guard stage
 # writes into its bundles (connectors/bundles.py), so they survive the split and the next bundler.
-GUARD_MARKERS = ("\x00guarded-alert", "\x00guard-outputs")
+GUARD_MARKERS = ("\x00guarded-alert", "\x00guard-outputs", "\x00guard-handled")
 
 
 def guard_stage(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file: str,
@@ -59,7 +59,7 @@ def guard_stage(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_
     keyed = kafka.bundled_by_shard(raw, "bundle for the guard", UIDS["guard_bundle"], list(topics), 1,
                                    config.bundle_records, config.bundle_ms, parallelism=1)
     guarded = (
-        keyed.process(GuardFunction(policy_bytes, policy_file, topics[0], config.max_payload_bytes,
+        keyed.process(GuardFunction(policy_bytes, policy_file, topics, config.max_payload_bytes,
                                     config.max_future_skew_ms), output_type=kafka.BUNDLE_TYPE)
         .uid(UIDS["guard"]).name("detector guard").set_parallelism(1)
     )

@@ -4,6 +4,7 @@
     python -m rules simulate --rules PATH --alerts FILE    one JSON line per output record
     python -m rules catalog                                the vocabulary of the YAML format
     python -m rules diff --old A --new B --alerts FILE     what-if: exit 0 same, 1 changes, 2 invalid
+    python -m rules release-guard --detector D --operator O   a signed release of a tripped guard
 
 The output of `simulate` is a contract: the job's operator runs the same core, and tests compare
 the two record for record.
@@ -147,6 +148,35 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def cmd_release_guard(args) -> int:
+    """Sign an operator's release of a tripped detector guard; print it, and write it to the
+    decisions topic with --bootstrap-servers."""
+    import time
+
+    from connectors.guard_release import make_release
+
+    try:
+        keys = signing.keys_from_env()
+        if keys is None:
+            raise signing.SigningError(f"set {signing.KEYS_ENV}: the job accepts only signed releases")
+    except signing.SigningError as exc:
+        print(f"release-guard: {exc}", file=sys.stderr)
+        return 2
+    now_ms = args.event_time_ms if args.event_time_ms is not None else int(time.time() * 1000)
+    record = signing.sign(make_release(args.detector, args.operator, now_ms), keys)
+    value = json.dumps(record, separators=(",", ":"), sort_keys=True)
+    if args.bootstrap_servers:
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": args.bootstrap_servers, "enable.idempotence": True})
+        producer.produce(args.topic, key=args.detector.encode(), value=value.encode())
+        if producer.flush(30):
+            print(f"release-guard: not delivered to {args.bootstrap_servers}", file=sys.stderr)
+            return 1
+    print(value)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rules", description="rule author tools")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -173,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=20, help="users listed in the report")
     p.add_argument("--json-out", help="write the full summary (every changed user) to this file")
     p.set_defaults(func=cmd_diff)
+    p = sub.add_parser("release-guard", help="release a tripped detector guard (a signed record for the "
+                                             "decisions topic; keys from PENALTY_DECISION_KEYS)")
+    p.add_argument("--detector", required=True, help="the detector_id whose guard to release")
+    p.add_argument("--operator", required=True, help="who releases it (recorded in the audit record)")
+    p.add_argument("--event-time-ms", type=int, default=None, help="default: now")
+    p.add_argument("--bootstrap-servers", help="write it to the decisions topic there (else only print it)")
+    p.add_argument("--topic", default="decisions")
+    p.set_defaults(func=cmd_release_guard)
     p = sub.add_parser("catalog", help="print the vocabulary of the rule format")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_catalog)

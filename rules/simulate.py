@@ -14,8 +14,14 @@ import heapq
 import json
 from collections.abc import Iterable, Iterator
 
-from connectors.alerts import Alert, Rejection, parse_alert
+from connectors.alerts import MAX_RAW_BYTES, NO_SOURCE, Alert, Rejection, parse_alert
 from connectors.decisions import Decision, parse_decision
+from connectors.guard_release import (
+    GuardRelease,
+    ReleaseRefused,
+    is_release,
+    parse_release,
+)
 from connectors.signing import DecisionKeys
 from rules import shadow
 from rules.core import CoreConfig, PenaltyCore, Step
@@ -36,7 +42,12 @@ def core_config(dedupe_horizon_ms: int | None = None, incident_window_ms: int | 
 
 def _parse_line(line: bytes, decision_keys: DecisionKeys | None):
     """An alert, a moderator decision (lines with a decision_id, signed by one of `decision_keys`,
-    as the job requires), or a rejection."""
+    as the job requires), an operator's guard release (signed alike), or a rejection."""
+    if is_release(line):
+        release = parse_release(line, decision_keys)
+        if isinstance(release, ReleaseRefused):
+            return Rejection(release.reason, release.detail, line[:MAX_RAW_BYTES], len(line), NO_SOURCE)
+        return release
     if b'"decision_id"' in line:
         decision = parse_decision(line, keys=decision_keys)
         if not isinstance(decision, Rejection) or decision.reason == "invalid_signature":
@@ -113,6 +124,13 @@ class Simulator:
         step = self.core.on_decision(self.states.get(decision.user_id), decision)
         return outputs + self._apply(decision.user_id, step)
 
+    def on_release(self, release: GuardRelease) -> list:
+        """An operator releases a detector's guard (the job's guard stage applies it in arrival order)."""
+        outputs = self.advance_to(release.event_time_ms - 1)
+        if self.guard is None:
+            return outputs
+        return outputs + self.guard.release(release.detector_id, release.event_time_ms, release.operator_id)
+
     def drain(self) -> list:
         return self.advance_to(2**63 - 1)
 
@@ -144,7 +162,12 @@ def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = DEFAULT_CON
             if highest_ms is not None:
                 watermark_ms = highest_ms - max_out_of_orderness_ms - 1
             highest_ms = alert.event_time_ms if highest_ms is None else max(highest_ms, alert.event_time_ms)
-        outputs = sim.on_decision(alert) if isinstance(alert, Decision) else sim.on_alert(alert, watermark_ms)
+        if isinstance(alert, GuardRelease):
+            outputs = sim.on_release(alert)
+        elif isinstance(alert, Decision):
+            outputs = sim.on_decision(alert)
+        else:
+            outputs = sim.on_alert(alert, watermark_ms)
         for output in outputs:
             yield dumps(output._asdict())
     if drain:

@@ -14,6 +14,7 @@ from rules.guard import BUCKET_MS, DetectorGuard
 from rules.loader import RuleFileError, parse_policy
 
 from .conftest import DEFAULT_RULES, REPO, T0_MS, alert_bytes, make_alert
+from .conftest import TEST_KEYS as TEST_KEYS_
 from .test_rules_cli import rules_cli
 
 MINUTE_MS = BUCKET_MS
@@ -375,3 +376,43 @@ def test_window_counts_kept_as_alerts_come_equal_a_recount(events):
                 if counts.latest_bucket - guard.window < bucket <= counts.latest_bucket:
                     recount = [recount[0] + slot[0], recount[1] + slot[1]]
             assert counts.window == recount
+
+
+def release_line(detector="det-1", operator="op-1", at_ms=T0 + 5000, **changes) -> bytes:
+    from connectors import signing
+    from connectors.guard_release import make_release
+
+    record = signing.sign(make_release(detector, operator, at_ms), TEST_KEYS_) | changes
+    return json.dumps(record).encode()
+
+
+def test_an_operator_release_record_in_rules_simulate(small):
+    """A signed release on the decisions topic releases the guard at once: the flood detector's next
+    alert 11 minutes later (its window empty again) penalises, where the cool-down (30 minutes after
+    its last alert over the limit) would still hold it."""
+    lines = [json.dumps(a.to_json_dict()).encode() for a in flood(5)]
+    later = make_alert(alert_id="later", user_id="w", stream_id="w", detector_id="det-1",
+                       event_time_ms=T0 + 4000 + 11 * MINUTE_MS)
+    tail = [json.dumps(later.to_json_dict()).encode()]
+    held = [json.loads(x) for x in simulate.run(small, lines + tail, decision_keys=TEST_KEYS_)]
+    assert "w" not in [e["user_id"] for e in kinds(held, "enforcement")]
+    released = [json.loads(x) for x in simulate.run(small, lines + [release_line()] + tail, decision_keys=TEST_KEYS_)]
+    assert guard_audits(released) == [("det-1", "tripped", T0 + 3000), ("det-1", "released", T0 + 5000)]
+    audit = kinds(released, "audit", kind="detector_guard", outcome="released")[0]
+    assert audit["detail"]["released_by"] == "operator:op-1"
+    assert "w" in [e["user_id"] for e in kinds(released, "enforcement")]
+    # Unsigned, forged or malformed releases change nothing and are reported like bad decisions.
+    for bad, reason in ((release_line(signature="0" * 64), "invalid_signature"),
+                        (release_line(detector_id=""), "invalid_decision")):
+        out = [json.loads(x) for x in simulate.run(small, lines + [bad] + tail, decision_keys=TEST_KEYS_)]
+        assert [r["record"]["reason"] for r in out if r["kind"] == "rejection"] == [reason]
+        assert guard_audits(out) == [("det-1", "tripped", T0 + 3000)]
+
+
+def test_release_guard_cli_prints_a_signed_release():
+    from connectors.guard_release import GuardRelease, parse_release
+
+    result = rules_cli("release-guard", "--detector", "det-1", "--operator", "op-1", "--event-time-ms", str(T0))
+    assert result.returncode == 0, result.stderr
+    assert parse_release(result.stdout.strip(), TEST_KEYS_) == GuardRelease(
+        json.loads(result.stdout)["guard_release_id"], "det-1", "op-1", T0)

@@ -29,7 +29,8 @@ def run_in_order(lines: list[bytes], **config_changes) -> list[dict]:
 
     config = JobConfig(flink_conf=(("state.backend.type", "hashmap"), ("restart-strategy.type", "none"))).with_(**config_changes)
     env = create_env(config)
-    rows = [Row("alerts", 0, offset, _event_time(line), line, len(line), _event_time(line))
+    rows = [Row("decisions" if b'"guard_release_id"' in line else "alerts", 0, offset, _event_time(line), line,
+                len(line), _event_time(line))
             for offset, line in enumerate(lines)]
     raw = (env.from_collection(rows, type_info=kafka.RAW_ALERT_TYPE)
            .assign_timestamps_and_watermarks(kafka.alert_watermarks(config.max_out_of_orderness_ms,
@@ -68,3 +69,28 @@ def test_flood_in_the_job_equals_rules_simulate():
     reviews = [r for r in job if r["kind"] == "review" and r["record"].get("reason") == "detector_guard"]
     assert (len(flood), len(reviews)) == (2000, 1000)
     assert canonical(job) == canonical(sim)
+
+
+def test_an_operator_release_in_the_job_equals_rules_simulate():
+    """The flood, then a signed release on the decisions topic, then the flood detector again 11
+    minutes after its last alert: released, it penalises (the cool-down alone would still hold it).
+    A forged release among them is dead-lettered and changes nothing."""
+    from .test_detector_guard import release_line
+
+    lines = [line for line in flood_with_traffic() if b"hate-after" not in line]
+    last_ms = T0 + 2999 * 100
+    lines.append(release_line("vision-nsfw-v9", "op-1", last_ms + 1000, signature="0" * 64))
+    lines.append(release_line("vision-nsfw-v9", "op-1", last_ms + 2000))
+    lines.append(alert_bytes(alert_id="nsfw-v9-after", user_id="user-after", stream_id="live-after",
+                             detector_id="vision-nsfw-v9", violation_type="nudity", confidence=0.97,
+                             event_time_ms=last_ms + 11 * MINUTE_MS))
+    job = run_in_order(lines)
+    sim = simulate(lines)
+    assert [r["record"]["reason"] for r in sim if r["kind"] == "rejection"] == ["invalid_signature"]
+    dlq = [r["record"] for r in job if r["kind"] == "dlq"]
+    assert [(d["reason"], d["source"]["topic"]) for d in dlq] == [("invalid_signature", "decisions")]
+    guard = [(r["record"]["outcome"], r["record"]["detail"].get("released_by"))
+             for r in job if r["kind"] == "audit" and r["record"]["kind"] == "detector_guard"]
+    assert guard == [("tripped", None), ("released", "operator:op-1")]
+    assert any(r["kind"] == "enforcement" and r["record"]["user_id"] == "user-after" for r in job)
+    assert canonical([r for r in job if r["kind"] != "dlq"]) == canonical([r for r in sim if r["kind"] != "rejection"])
