@@ -18,7 +18,7 @@ An alert that takes either count over its limit trips the guard. While tripped, 
 enforce-band alerts go to urgent human review instead of penalising (rules/core.py), this alert
 first. The guard is released once the detector has stayed under its limits for `cool_down` of
 event time: checked at every alert of any detector (its window slides to that alert's minute),
-or at once by an operator (`release`). Alerts older than the baseline behind the detector's
+or at once by an operator (`release`, which also starts its window afresh). Alerts older than the baseline behind the detector's
 latest minute are not counted (they still get the detector's verdict).
 """
 
@@ -85,9 +85,6 @@ class Verdict(NamedTuple):
     guarded: bool  # the alert's detector is tripped: no automatic penalty from this alert
     outputs: list[records.Output]  # trips and releases this alert caused (any detector)
     changes: list[tuple[str, bool]]  # (detector_id, tripped) for each trip and release, for the gauge
-
-
-NOT_GUARDED = Verdict(False, [], [])
 
 
 class DetectorGuard:
@@ -207,12 +204,25 @@ class DetectorGuard:
         return window[ALERTS] <= limits.alerts and window[ENFORCEMENTS] <= limits.enforcements
 
     def release(self, detector_id: str, time_ms: int, operator_id: str) -> list[records.Output]:
-        """An operator releases a tripped detector at once (nothing if it is not tripped). It
-        trips again only on new evidence: counts over a limit after the release."""
+        """An operator releases a tripped detector at once (nothing if it is not tripped). Its window
+        is counted again from the release (what it sent before is what the operator judged; the
+        baseline keeps none of it), so it trips again only on new evidence: over a limit with
+        alerts after the release."""
         if detector_id not in self.tripped:
             return []
-        self.detectors[detector_id].last_over_ms = time_ms
-        return self._release(detector_id, time_ms, f"operator:{operator_id}:{time_ms}", f"operator:{operator_id}")
+        counts = self.detectors[detector_id]
+        self._advance(detector_id, counts, time_ms // BUCKET_MS)
+        counts.last_over_ms = max(counts.last_over_ms, time_ms)
+        outputs = self._release(detector_id, time_ms, f"operator:{operator_id}:{time_ms}", f"operator:{operator_id}")
+        dirty = self.dirty[detector_id]
+        for bucket in range(counts.latest_bucket - self.window + 1, counts.latest_bucket + 1):
+            slot = counts.buckets.pop(bucket, None)
+            if slot is not None:
+                counts.total[ALERTS] -= slot[ALERTS]
+                counts.total[ENFORCEMENTS] -= slot[ENFORCEMENTS]
+                dirty.add(bucket)
+        counts.window = [0, 0]
+        return outputs
 
     def _release(self, detector_id: str, t: int, cause: str, by: str) -> list[records.Output]:
         counts = self.detectors[detector_id]

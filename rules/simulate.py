@@ -40,10 +40,12 @@ def core_config(dedupe_horizon_ms: int | None = None, incident_window_ms: int | 
     )
 
 
-def _parse_line(line: bytes, decision_keys: DecisionKeys | None):
+def _parse_line(line: bytes, decision_keys: DecisionKeys | None, guard: bool = True):
     """An alert, a moderator decision (lines with a decision_id, signed by one of `decision_keys`,
-    as the job requires), an operator's guard release (signed alike), or a rejection."""
-    if is_release(line):
+    as the job requires), an operator's guard release (signed alike; with `guard` only: without a
+    guard in the policy the job has no guard stage, and a release is a bad decision), or a
+    rejection."""
+    if guard and is_release(line):
         release = parse_release(line, decision_keys)
         if isinstance(release, ReleaseRefused):
             return Rejection(release.reason, release.detail, line[:MAX_RAW_BYTES], len(line), NO_SOURCE)
@@ -145,7 +147,7 @@ def run(policy: Policy, lines: Iterable[bytes], config: CoreConfig = DEFAULT_CON
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        parsed = _parse_line(line.rstrip(b"\r\n"), decision_keys)
+        parsed = _parse_line(line.rstrip(b"\r\n"), decision_keys, policy.detector_guard is not None)
         if isinstance(parsed, Rejection):
             yield dumps({"kind": "rejection", "key": parsed.user_id,
                          "record": {"line": number, "reason": parsed.reason, "detail": parsed.detail}})

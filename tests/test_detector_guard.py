@@ -180,9 +180,11 @@ def test_operator_release(small):
     assert [(o.kind, o.record.get("outcome") or o.record["topic"]) for o in out] == [
         ("audit", "released"), ("notification", "detector_guard_released")]
     assert out[0].record["detail"]["released_by"] == "operator:op-1"
-    # Its window still holds 4 enforcements: the next one is new evidence and trips it again.
-    again = guard.on_alert(make_alert(alert_id="n", detector_id="det-1", event_time_ms=T0 + 6000))
-    assert again.guarded and again.changes == [("det-1", True)]
+    # Its window is counted again from the release: 3 more enforcements pass, the 4th trips it again.
+    again = [guard.on_alert(make_alert(alert_id=f"n-{i}", detector_id="det-1", event_time_ms=T0 + 6000 + i))
+             for i in range(4)]
+    assert [v.guarded for v in again] == [False, False, False, True] and again[3].changes == [("det-1", True)]
+    assert guard.detectors["det-1"].total == [4, 4]  # the baseline keeps none of the flood
 
 
 def test_severe_stops_the_stream_but_never_bans_through_a_tripped_detector(small):
@@ -416,3 +418,9 @@ def test_release_guard_cli_prints_a_signed_release():
     assert result.returncode == 0, result.stderr
     assert parse_release(result.stdout.strip(), TEST_KEYS_) == GuardRelease(
         json.loads(result.stdout)["guard_release_id"], "det-1", "op-1", T0)
+
+
+def test_without_a_guard_a_release_is_a_bad_decision_as_in_the_job():
+    no_guard = small_policy("")
+    out = [json.loads(x) for x in simulate.run(no_guard, [release_line()], decision_keys=TEST_KEYS_)]
+    assert [r["kind"] for r in out] == ["rejection"]
