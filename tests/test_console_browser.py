@@ -104,6 +104,13 @@ def test_moderator_and_streamer_in_a_real_browser(stack, smtp_server, browser, t
     def shot(name: str) -> None:
         browser.save_screenshot(str(tmp_path / f"{next(shots):02d}-{name}.png"))
 
+    def log_in() -> None:
+        browser.find_element(By.NAME, "moderator_id").send_keys("mod-1")
+        browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+        shot("login")
+        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        wait_for("the queue", lambda: browser.find_elements(By.ID, "summary"), 15)
+
     # Terrorism at 0.80: the stream stops and an urgent review is queued; CSAM at 0.99: banned.
     produce(stack.bootstrap, topics.alerts, [
         alert_bytes(alert_id="b1", user_id="u-review", stream_id="live-r", violation_type="terrorism",
@@ -144,11 +151,7 @@ def test_moderator_and_streamer_in_a_real_browser(stack, smtp_server, browser, t
         # The moderator logs in (the queue redirects to the login page first).
         browser.get(console.url + "/")
         assert "/login" in browser.current_url
-        browser.find_element(By.NAME, "moderator_id").send_keys("mod-1")
-        browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-        shot("login")
-        browser.find_element(By.CSS_SELECTOR, "form button").click()
-        wait_for("the queue", lambda: browser.find_elements(By.ID, "items"), 15)
+        log_in()
         shot("queue")
         row = browser.find_element(By.CSS_SELECTOR, "#items tr.urgent")
         assert "u-review" in row.text and "terrorism" in row.text
@@ -186,9 +189,7 @@ def test_moderator_and_streamer_in_a_real_browser(stack, smtp_server, browser, t
 
         # The moderator grants it; the job lifts the ban; the applier writes it to Redis.
         browser.get(console.url + "/login")
-        browser.find_element(By.NAME, "moderator_id").send_keys("mod-1")
-        browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        log_in()
         row = wait_for("the appeal in the queue",
                        lambda: [r for r in browser.find_elements(By.CSS_SELECTOR, "#items tr") if "u-banned" in r.text], 15)[0]
         assert "appeal" in row.text
