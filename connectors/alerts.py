@@ -33,6 +33,7 @@ REASONS = (
     "event_time_in_future",  # event_time_ms later than the record's produce time + skew
     "too_late",  # older than the dedupe horizon behind the watermark (decided in the job)
     "invalid_decision",  # a moderator decision that is malformed or names nothing known
+    "invalid_signature",  # a decision (or guard release) no accepted key signed (connectors/signing.py)
 )
 
 

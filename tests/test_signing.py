@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from connectors import signing
+from connectors import record_schemas, signing
 from connectors.alerts import Rejection
 from connectors.decisions import Decision, parse_decision
+from rules.records import dead_letter
 
 from .conftest import T0_MS, TEST_KEYS
 
@@ -50,8 +51,12 @@ def test_unsigned_forged_tampered_and_retired_decisions_are_invalid_signature():
     assert reason_and_detail(json.dumps(signing.sign(GOOD, retired)).encode()) == (
         "invalid_signature", "key id 'test-k0' is not accepted here (accepted: test-k2, test-k1): retired or unknown")
     assert reason_and_detail(json.dumps(record).encode(), keys=None)[1].endswith("set PENALTY_DECISION_KEYS")
-    # The rejection keeps the user id, for the DLQ record; a schema error stays invalid_decision.
-    assert parse_decision(json.dumps(GOOD).encode(), keys=TEST_KEYS).user_id == "u-1"
+    # The rejection keeps the user id, for the DLQ record (dlq v1); a schema error stays invalid_decision.
+    rejection = parse_decision(json.dumps(GOOD).encode(), keys=TEST_KEYS)
+    assert rejection.user_id == "u-1"
+    record_schemas.validate("dlq", dead_letter(
+        reason=rejection.reason, detail=rejection.detail, raw=rejection.raw, size_bytes=rejection.size_bytes,
+        topic="decisions", partition=0, offset=7, timestamp_ms=T0_MS, user_id=rejection.user_id).record)
     assert reason_and_detail(json.dumps({**record, "signature": "not hex"}).encode())[0] == "invalid_decision"
 
 
