@@ -63,6 +63,15 @@ def keys_from_env(environ: Mapping[str, str] | None = None) -> DecisionKeys | No
     return parse_keys(text) if text else None
 
 
+def signing_keys(environ: Mapping[str, str] | None = None) -> DecisionKeys:
+    """The keys of a writer (console, CLIs): SigningError when the variable is unset too."""
+    keys = keys_from_env(environ)
+    if keys is None:
+        raise SigningError(f"set {KEYS_ENV} (<key id>=<secret>, the job's decision keys): the job rejects "
+                           "unsigned decisions")
+    return keys
+
+
 def _mac(secret: bytes, doc: Mapping) -> str:
     body = orjson.dumps({k: v for k, v in doc.items() if k != "signature"}, option=orjson.OPT_SORT_KEYS)
     return hmac.new(secret, PURPOSE + body, hashlib.sha256).hexdigest()

@@ -156,9 +156,7 @@ def cmd_release_guard(args) -> int:
     from connectors.guard_release import make_release
 
     try:
-        keys = signing.keys_from_env()
-        if keys is None:
-            raise signing.SigningError(f"set {signing.KEYS_ENV}: the job accepts only signed releases")
+        keys = signing.signing_keys()
     except signing.SigningError as exc:
         print(f"release-guard: {exc}", file=sys.stderr)
         return 2

@@ -50,10 +50,7 @@ def decision_record(link: str, secret: bytes, verdict: str, moderator_id: str, n
 def signed_value(record: dict, keys: signing.DecisionKeys | None = None) -> bytes:
     """The record as the job accepts it: signed with the current key (from the environment unless
     given); SigningError names what to set when there is none."""
-    keys = keys or signing.keys_from_env()
-    if keys is None:
-        raise signing.SigningError(f"set {signing.KEYS_ENV}: the job rejects unsigned decisions")
-    return json.dumps(signing.sign(record, keys)).encode()
+    return json.dumps(signing.sign(record, keys or signing.signing_keys())).encode()
 
 
 def submit(bootstrap: str, topic: str, record: dict, keys: signing.DecisionKeys | None = None) -> dict:
@@ -83,9 +80,7 @@ def main(argv=None) -> int:
         print("appeals: set PENALTY_APPEAL_SECRET (the key that signs appeal links)", file=sys.stderr)
         return 2
     try:
-        keys = signing.keys_from_env()
-        if keys is None:
-            raise signing.SigningError(f"set {signing.KEYS_ENV} (the keys that sign decisions for the job)")
+        keys = signing.signing_keys()
     except signing.SigningError as exc:
         print(f"appeals: {exc}", file=sys.stderr)
         return 2
