@@ -99,7 +99,8 @@ public class OutputRouter extends ProcessFunction<String[], Row> {
     /**
      * The value behind one gauge, registered on first use: "detector\tvision-nsfw-v5\tguard_tripped"
      * -> group detector=vision-nsfw-v5, gauge guard_tripped (Prometheus:
-     * {@code flink_taskmanager_job_task_operator_detector_guard_tripped{detector="vision-nsfw-v5"}}).
+     * {@code flink_taskmanager_job_task_operator_detector_guard_tripped{detector="vision_nsfw_v5"}}: the
+     * reporter turns every character but letters, digits, '_' and ':' of a label value into '_').
      * The value is split at the first and the last tab, so it may hold tabs itself.
      */
     AtomicLong gauge(String spec) {
