@@ -142,7 +142,8 @@ def create_app(config: ConsoleConfig, client: redis.Redis, decisions: DecisionSi
         now = clock()
         items, summary = queue.read(now)
         holders = {item.ref: queue.holder(item) for item in items}
-        return page(request, "queue.html", items=items, summary=summary, holders=holders, now_ms=now)
+        return page(request, "queue.html", items=items, summary=summary, holders=holders, now_ms=now,
+                    guard=queue.guard_notices())
 
     def item_of(request: Request) -> QueueItem | None:
         return queue.item(request.path_params["priority"], request.path_params["entry_id"])

@@ -26,6 +26,8 @@ APPEAL_PRIORITY = "normal"
 CLAIM_KEY = "penalty:console:claim:{}:{}"
 ACTIONS_KEY = "penalty:console:actions"
 CLAIM_TTL_MS = 15 * 60_000
+GUARD_STREAM = "detector_guard"  # the notifier's stream of detector-guard notices (not items to decide)
+GUARD_NOTICES = 5
 ENTRY_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 _USER_IN_BODY = re.compile(r"of user (\S+) needs human review")
 
@@ -44,6 +46,14 @@ _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class GuardNotice:
+    arrived_ms: int
+    detector_id: str
+    subject: str  # "Detector guard tripped: ..." or "... released: ..."
+    body: str
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,14 @@ class Queue:
             items += [parse_entry(priority, entry_id, fields) for entry_id, fields in entries]
             oldest[priority] = int(_text(entries[0][0]).split("-")[0]) if entries else None
         return ordered(items), summarize(counts, oldest, now_ms)
+
+    def guard_notices(self, count: int = GUARD_NOTICES) -> list[GuardNotice]:
+        """The newest detector-guard trips and releases (`penalty:moderation:detector_guard`), newest
+        first: while a detector is tripped its enforce-band alerts arrive here as urgent reviews."""
+        entries = self.client.xrevrange(MODERATION_KEY.format(GUARD_STREAM), count=count)
+        return [GuardNotice(int(_text(entry_id).split("-")[0]), _text(fields.get(b"detector_id", b"")),
+                            _text(fields.get(b"subject", b"")), _text(fields.get(b"body", b"")))
+                for entry_id, fields in entries]
 
     def item(self, priority: str, entry_id: str) -> QueueItem | None:
         if priority not in PRIORITIES or not ENTRY_ID.match(entry_id):

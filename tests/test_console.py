@@ -285,3 +285,18 @@ def test_active_strikes_show_their_expiry_from_the_record_that_made_them(policy)
     first = strikes[0][0]
     cut = [r for r in newest_first if r.get("incident_id") != first]
     assert active_strikes(cut, latest_ledger(newest_first)) == [(first, None), strikes[1]]
+
+
+def test_the_queue_page_shows_the_newest_detector_guard_notices(desk):
+    client, _, app, _ = desk
+    m1 = login(app, "m-1")
+    assert 'id="guard"' not in m1.get("/").text  # nothing tripped: no section
+    stream = MODERATION_KEY.format("detector_guard")
+    client.xadd(stream, {"notification_id": "ntf_g1", "kind": "detector_guard", "detector_id": "vision-v5",
+                         "subject": "Detector guard tripped: vision-v5", "body": "Its alerts now go to urgent review."})
+    client.xadd(stream, {"notification_id": "ntf_g2", "kind": "detector_guard", "detector_id": "vision-v5",
+                         "subject": "Detector guard released: vision-v5", "body": "It penalises automatically again."})
+    page = m1.get("/").text
+    section = page[page.index('id="guard"'):]
+    assert section.index("released: vision-v5") < section.index("tripped: vision-v5")  # newest first
+    assert "Nothing waits for review." in page  # notices are not items to decide
