@@ -17,8 +17,8 @@ in one process instead, as `make run` does:
         end-to-end durations of the checkpoints of the measured period explain the tail (latency.py).
     python -m devtools.bench all     both (`make bench`), one JSON summary line.
 
-Both pass `--conf`, `--source-property`, `--sink-property`, `--fetch-backoff-ms`, `--bundle-records`
-and `--bundle-ms` on to the job; `throughput --cluster-conf KEY=VALUE` sets the local cluster itself
+Both pass `--rules`, `--conf`, `--source-property`, `--sink-property`, `--fetch-backoff-ms`,
+`--bundle-records` and `--bundle-ms` on to the job; `throughput --cluster-conf KEY=VALUE` sets the local cluster itself
 (what a job cannot set), e.g. JVM flags of the TaskManagers for a Java Flight Recorder profile:
 `--cluster-conf "env.java.opts.taskmanager=-XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"`.
 
@@ -70,6 +70,9 @@ def main(argv=None) -> int:
                        help="the job's bundle flush threshold, records over all key groups (default: the job's)")
         p.add_argument("--bundle-ms", type=int, default=None,
                        help="the job's longest wait before a bundle flush (default: the job's)")
+        p.add_argument("--rules", default=None,
+                       help="the job's rule file (default: the job's), e.g. one without a detector_guard "
+                            "section to time the job without its guard stage")
         p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="Flink option for the job (repeatable), as `python -m jobs.penalty_job --conf`")
         p.add_argument("--source-property", action="append", default=[], metavar="KEY=VALUE",

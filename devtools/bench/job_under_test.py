@@ -285,6 +285,8 @@ def passthrough_flags(args) -> list[str]:
                         ("--sink-property", args.sink_property)):
         for item in items:
             flags += [flag, item]
+    if getattr(args, "rules", None):
+        flags += ["--rules", os.path.abspath(args.rules)]
     for flag in ("fetch_backoff_ms", "bundle_records", "bundle_ms"):
         if getattr(args, flag, None) is not None:
             flags += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]

@@ -198,7 +198,8 @@ def measure_latency(args) -> dict:
     warm = (latencies if args.warmup_s else latencies[int(len(latencies) * 0.1):]) or latencies
     return {
         "benchmark": "latency", "delivery": args.delivery, "rate_per_s": args.rate, "seconds": args.seconds,
-        "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf,
+        "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf, "rules": args.rules,
+        "bundle_records": args.bundle_records, "bundle_ms": args.bundle_ms,
         "source_properties": args.source_property, "sink_properties": args.sink_property, "parallelism": args.parallelism,
         "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
         "warmup_s": args.warmup_s, "sent": len(sent_at), "seen": len(latencies) + len(warmup),
