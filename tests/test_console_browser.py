@@ -104,6 +104,16 @@ def test_moderator_and_streamer_in_a_real_browser(stack, smtp_server, browser, t
     def shot(name: str) -> None:
         browser.save_screenshot(str(tmp_path / f"{next(shots):02d}-{name}.png"))
 
+    def claim_and_decide(verdict: str, note: str) -> None:
+        """On an incident page: claim it, write the note, press the verdict's button."""
+        browser.find_element(By.XPATH, "//button[text()='Claim']").click()
+        assert browser.find_element(By.ID, "holder").text == "mod-1"
+        browser.find_element(By.NAME, "note").send_keys(note)
+        shot(f"{verdict}-incident")
+        browser.find_element(By.CSS_SELECTOR, f"#decide button[value='{verdict}']").click()
+        shows("Decision sent")
+        shot(verdict)
+
     def log_in() -> None:
         browser.find_element(By.NAME, "moderator_id").send_keys("mod-1")
         browser.find_element(By.NAME, "password").send_keys(PASSWORD)
@@ -157,13 +167,7 @@ def test_moderator_and_streamer_in_a_real_browser(stack, smtp_server, browser, t
         assert "u-review" in row.text and "terrorism" in row.text
         row.find_element(By.LINK_TEXT, "open").click()
         assert "frame_ms: 4200" in browser.find_element(By.ID, "evidence").text
-        browser.find_element(By.XPATH, "//button[text()='Claim']").click()
-        assert browser.find_element(By.ID, "holder").text == "mod-1"
-        browser.find_element(By.NAME, "note").send_keys("Extremist flag and chant in the clip: confirmed.")
-        shot("incident")
-        browser.find_element(By.CSS_SELECTOR, "#decide button[value='confirmed']").click()
-        shows("Decision sent")
-        shot("decided")
+        claim_and_decide("confirmed", "Extremist flag and chant in the clip: confirmed.")
 
         # The job applies the confirmed review (the severe ladder bans) and the applier writes it.
         confirmed = read_committed(stack.bootstrap, topics.enforcement, 5, timeout_s=120)
@@ -195,11 +199,7 @@ def test_moderator_and_streamer_in_a_real_browser(stack, smtp_server, browser, t
         assert "appeal" in row.text
         row.find_element(By.LINK_TEXT, "open").click()
         assert "news report" in browser.find_element(By.ID, "statement").text
-        browser.find_element(By.XPATH, "//button[text()='Claim']").click()
-        browser.find_element(By.NAME, "note").send_keys("News reporting, not the material itself.")
-        browser.find_element(By.CSS_SELECTOR, "#decide button[value='granted']").click()
-        shows("Decision sent")
-        shot("granted")
+        claim_and_decide("granted", "News reporting, not the material itself.")
         lifted = read_committed(stack.bootstrap, topics.enforcement, 6, timeout_s=120)
         assert ("u-banned", "lift") in {(e["record"]["user_id"], e["record"]["action"]) for e in lifted}, job.tail()
         catch_up()
