@@ -45,7 +45,7 @@ def _load_schema() -> dict[str, Any]:
 ALERT_SCHEMA = _load_schema()
 _validate = fastjsonschema.compile(ALERT_SCHEMA)
 
-# What _plainly_valid() below checks by hand, as it reads in the schema file (descriptions left
+# What _plain_alert() below checks by hand, as it reads in the schema file (descriptions left
 # out). If the file changes, the fast path turns itself off rather than judge by stale rules.
 _FAST_PATH_SCHEMA = {
     "type": "object",
@@ -80,35 +80,46 @@ _VIOLATION_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z").match
 _MAX_EVENT_TIME_MS = 253402300799999
 
 
-def _plainly_valid(doc: Any) -> bool:
-    """True only for a document the schema certainly accepts, in the shape producers send: exact
+def _plain_alert(doc: Any) -> Alert | None:
+    """The Alert of a document the schema certainly accepts, in the shape producers send: exact
     types as orjson returns them (str, int, float, dict), nothing the validator would coerce or
-    judge subtly (an event_time_ms of 5.0, a null model_version, a bool anywhere). Anything else,
-    valid or not, goes to the compiled validator, so every rejection and its detail is the
-    validator's. About a fifth of the validator's cost on the common shape."""
+    judge subtly (an event_time_ms of 5.0, a null model_version, a bool anywhere). None for
+    anything else, valid or not: that goes to the compiled validator, so every rejection and its
+    detail is the validator's. Each field is read once, checked and put in the Alert: about a
+    fifth of the validator's cost on the common shape."""
     if type(doc) is not dict or not _FAST_PATH_ON:
-        return False
+        return None
     get = doc.get
-    for name in ("alert_id", "stream_id", "user_id", "detector_id"):
-        value = get(name)
-        if type(value) is not str or not 0 < len(value) <= 200:
-            return False
+    alert_id, stream_id, user_id, detector_id = get("alert_id"), get("stream_id"), get("user_id"), get("detector_id")
+    # A chain of `is`: all four are exactly str (a missing field is None, not str).
+    if not (type(alert_id) is type(stream_id) is type(user_id) is type(detector_id) is str
+            and 0 < len(alert_id) <= 200 and 0 < len(stream_id) <= 200
+            and 0 < len(user_id) <= 200 and 0 < len(detector_id) <= 200):
+        return None
     violation_type = get("violation_type")
     if type(violation_type) is not str or _VIOLATION_TYPE(violation_type) is None:
-        return False
+        return None
     confidence = get("confidence")  # exact float or int: a bool is not a JSON number
     if (type(confidence) is not float and type(confidence) is not int) or not 0 <= confidence <= 1:
-        return False
+        return None
     event_time_ms = get("event_time_ms")
     if type(event_time_ms) is not int or not 0 <= event_time_ms <= _MAX_EVENT_TIME_MS:
-        return False
-    if "model_version" in doc:
-        model_version = doc["model_version"]
-        if type(model_version) is not str or len(model_version) > 200:
-            return False
-    if "evidence" in doc and type(doc["evidence"]) is not dict:
-        return False
-    return "schema_version" not in doc or (type(doc["schema_version"]) is int and doc["schema_version"] == 1)
+        return None
+    # Optional fields: absent is fine, null is the validator's to judge.
+    model_version = get("model_version")
+    if model_version is None:
+        if "model_version" in doc:
+            return None
+    elif type(model_version) is not str or len(model_version) > 200:
+        return None
+    evidence = get("evidence")
+    if type(evidence) is not dict and (evidence is not None or "evidence" in doc):
+        return None
+    schema_version = get("schema_version", 1)
+    if type(schema_version) is not int or schema_version != 1:
+        return None
+    return Alert(alert_id, stream_id, user_id, detector_id, violation_type, float(confidence), event_time_ms,
+                 model_version, evidence if evidence else None)
 
 
 class Alert(NamedTuple):
@@ -250,8 +261,9 @@ def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return _not_json(value, str(exc), value[:MAX_RAW_BYTES], size, source)
-    if _plainly_valid(doc):  # nearly every alert: what the checks below would find, known already
-        user_id, event_time_ms = doc["user_id"], doc["event_time_ms"]
+    alert = _plain_alert(doc)  # nearly every alert: checked and read in one pass
+    if alert is not None:
+        user_id, event_time_ms = alert.user_id, alert.event_time_ms
     else:
         rejection = _invalid(doc, value[:MAX_RAW_BYTES], size, source)
         if rejection is not None:
@@ -265,12 +277,14 @@ def _parse(value, source, size_bytes, max_payload_bytes, max_future_skew_ms):
                 f"the record was produced (limit {max_future_skew_ms} ms)",
                 value[:MAX_RAW_BYTES], size, source, user_id,
             )
-    evidence = doc.get("evidence")
     if value.count(b"{") + value.count(b"[") > MAX_EVIDENCE_DEPTH:  # cheap: few documents get past it
         for field, item in doc.items():
             if isinstance(item, (dict, list)) and _depth(item) > MAX_EVIDENCE_DEPTH:
                 return Rejection("schema", f"{field}: nested deeper than {MAX_EVIDENCE_DEPTH} levels",
                                  value[:MAX_RAW_BYTES], size, source, user_id)
-    # Positional: the field order of Alert (keywords cost a little on every alert).
-    return Alert(doc["alert_id"], doc["stream_id"], doc["user_id"], doc["detector_id"], doc["violation_type"],
-                 float(doc["confidence"]), event_time_ms, doc.get("model_version"), evidence if evidence else None)
+    if alert is None:  # valid by the validator's judgement
+        evidence = doc.get("evidence")
+        # Positional: the field order of Alert (keywords cost a little on every alert).
+        alert = Alert(doc["alert_id"], doc["stream_id"], doc["user_id"], doc["detector_id"], doc["violation_type"],
+                      float(doc["confidence"]), event_time_ms, doc.get("model_version"), evidence if evidence else None)
+    return alert
