@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from connectors.alerts import Alert
 from connectors.decisions import Decision
@@ -36,6 +36,7 @@ from rules.ledger import (
     Incident,
     Strike,
     UserState,
+    active_points,
     incident_slot,
     incident_slot_prefix,
 )
@@ -94,8 +95,9 @@ class PenaltyCore:
         current = state or UserState()
         if alert.alert_id in current.seen:
             return Step(state, [], ["duplicate"])
-        # The id is remembered in the same copy of the state as the rest of the step's changes
-        # (remember_all / remember's `also`): looking for the incident does not read `seen`.
+        # The id is remembered with the rest of the step's changes, which are collected (`changes`:
+        # field -> new value) and copied into the state once, at the end of the step: looking for
+        # the incident does not read `seen`, deciding reads only the ledger's standing and strikes.
         seen = ("seen", alert.alert_id, t + horizon, t + horizon, DEDUPE_QUEUE)
 
         category = self.policy.category_for(alert.violation_type)
@@ -118,12 +120,12 @@ class PenaltyCore:
                 seq=current.incident_seq,
             )
             queue = REVIEW_QUEUE if band.decision == "review" else DEDUPE_QUEUE
-            current = current.remember_all(
+            changes = current.remembered(
                 (seen, ("incidents", slot, incident, incident.retain_until_ms, queue)),
                 incident_slots=current.incident_slots.set(incident.incident_id, slot),
                 incident_seq=current.incident_seq + 1,
             )
-            return self._decide(current, alert, incident, category, band, cause="alert")
+            return self._decide(current, changes, alert, incident, category, band, cause="alert")
 
         merged = incident._replace(
             alert_ids=incident.alert_ids + (alert.alert_id,),
@@ -141,8 +143,8 @@ class PenaltyCore:
             )
             return Step(current, [out], ["merged"])
         upgraded = merged._replace(decision=band.decision, rule_id=band.id)
-        current = current.remember(*seen, incidents=current.incidents.set(slot, upgraded))
-        step = self._decide(current, alert, upgraded, category, band, cause="upgrade")
+        changes = current.remembered((seen,), incidents=current.incidents.set(slot, upgraded))
+        step = self._decide(current, changes, alert, upgraded, category, band, cause="upgrade")
         return Step(step.state, step.outputs, ["merged", "upgraded"] + step.events)
 
     def _open_incident(self, state: UserState, alert: Alert) -> tuple[Incident | None, str]:
@@ -175,8 +177,11 @@ class PenaltyCore:
     def _replace_incident(self, state: UserState, incident: Incident) -> UserState:
         return state.with_(incidents=state.incidents.set(self._slot(incident), incident))
 
-    def _decide(self, state: UserState, alert: Alert, incident: Incident, category: Category | None,
-                band: Band, cause: str) -> Step:
+    def _decide(self, state: UserState, changes: dict[str, Any], alert: Alert, incident: Incident,
+                category: Category | None, band: Band, cause: str) -> Step:
+        """`changes`: what the step changed so far (its id and incident), not yet in `state`; the
+        decision adds its own and returns the state copied once with all of them. (Deciding reads
+        only standing and strikes, which `changes` never holds.)"""
         t = alert.event_time_ms
         before = state.summary(t)
         common = {"user_id": alert.user_id, "event_time_ms": t, "policy_name": self.policy.name,
@@ -187,22 +192,23 @@ class PenaltyCore:
             out = records.audit(kind="dismissal", cause=cause_id, outcome="dismissed", rule_id=band.id,
                                 ledger_before=before, ledger_after=before,
                                 detail={"confidence": alert.confidence}, **common)
-            return Step(state, [out], ["dismissed", f"rule.{band.id}"])
+            return Step(state.with_(**changes), [out], ["dismissed", f"rule.{band.id}"])
         if state.banned:
             out = records.audit(kind="decision", cause=cause_id, outcome="suppressed_banned", rule_id=band.id,
                                 ledger_before=before, ledger_after=before,
                                 detail={"decision": band.decision, "confidence": alert.confidence}, **common)
-            return Step(state, [out], ["suppressed_banned", f"rule.{band.id}"])
+            return Step(state.with_(**changes), [out], ["suppressed_banned", f"rule.{band.id}"])
         if band.decision == "review":
-            return self._review(state, alert, incident, band, before, cause_id, common)
+            return self._review(state, changes, alert, incident, band, before, cause_id, common)
         assert category is not None  # unknown types never enforce (checked by the loader)
-        return self._enforce(state, alert, incident, category, band, before, cause_id, common)
+        return self._enforce(state, changes, alert, incident, category, band, before, cause_id, common)
 
-    def _review(self, state, alert, incident, band, before, cause_id, common) -> Step:
+    def _review(self, state, changes, alert, incident, band, before, cause_id, common) -> Step:
         outputs: list[records.Output] = []
         prepared = self.prepared.of(band)
         ledger = (state.strikes, state.banned, state.suspended_until_ms)  # what summary() reads
-        state, enforcement = self._apply_actions(state, alert, incident, band.actions, band.id, 0, cause_id)
+        standing, enforcement = self._sanctions(state, alert, incident, band.actions, band.id, 0, cause_id)
+        state = state.with_(**changes, **standing)  # the step's one copy
         outputs += enforcement
         outputs.append(records.review(
             user_id=alert.user_id, stream_id=alert.stream_id, incident_id=incident.incident_id,
@@ -233,15 +239,16 @@ class PenaltyCore:
                                      ledger_before=before, ledger_after=after, detail=detail, **common))
         return Step(state, outputs, ["review", *prepared.events])
 
-    def _enforce(self, state, alert, incident, category, band, before, cause_id, common) -> Step:
+    def _enforce(self, state, changes, alert, incident, category, band, before, cause_id, common) -> Step:
         t = alert.event_time_ms
         strike = Strike(incident.incident_id, category.name, alert.violation_type, category.points, t,
                         t + category.strike_expiry_ms, band.id)
-        state = state.with_(strikes=state.strikes + (strike,))
-        points = state.strike_points(category.counts_strikes_of, t)
+        strikes = state.strikes + (strike,)
+        points = active_points(strikes, category.counts_strikes_of, t)
         rung = category.rung_for(points)
         prepared = self.prepared.of(rung)
-        state, enforcement = self._apply_actions(state, alert, incident, rung.actions, rung.id, points, cause_id)
+        standing, enforcement = self._sanctions(state, alert, incident, rung.actions, rung.id, points, cause_id)
+        state = state.with_(strikes=strikes, **changes, **standing)  # the step's one copy
         outputs = list(enforcement)
         outputs += self._streamer_notifications(alert, incident, enforcement, rung.id, appealable=True)
         after = state.summary(t)
@@ -254,11 +261,13 @@ class PenaltyCore:
                                      **common))
         return Step(state, outputs, ["enforced", *prepared.events])
 
-    def _apply_actions(self, state: UserState, alert: Alert, incident: Incident, actions: tuple[Action, ...],
-                       rule_id: str, points: int, cause_id: str) -> tuple[UserState, list[records.Output]]:
+    def _sanctions(self, state: UserState, alert: Alert, incident: Incident, actions: tuple[Action, ...],
+                   rule_id: str, points: int, cause_id: str) -> tuple[dict[str, Any], list[records.Output]]:
+        """The enforcement records of a rule's actions, and the standing they change (fields of
+        the state: user_version, banned, suspended_until_ms, sanction_incident), for the caller to
+        copy into the state with the rest of its step's changes."""
         t = alert.event_time_ms
         outputs = []
-        # The standing as the actions change it, copied into the state once at the end.
         version, suspended_until_ms, standing = state.user_version, state.suspended_until_ms, {}
         for action in actions:
             until_ms = None
@@ -276,8 +285,8 @@ class PenaltyCore:
                 event_time_ms=t, active_strikes=points, cause=cause_id,
             ))
         if actions:
-            state = state.with_(user_version=version, **standing)
-        return state, outputs
+            standing["user_version"] = version
+        return standing, outputs
 
     def _streamer_notifications(self, alert, incident, enforcement, rule_id, appealable) -> list[records.Output]:
         if not enforcement:
@@ -341,7 +350,7 @@ class PenaltyCore:
             common = {"user_id": alert.user_id, "event_time_ms": incident.start_ms,
                       "policy_name": self.policy.name, "policy_version": self.policy.version,
                       "incident_id": incident.incident_id, "alert_ids": list(incident.alert_ids)}
-            step = self._enforce(current, alert, upgraded, category, band, before, cause, common)
+            step = self._enforce(current, {}, alert, upgraded, category, band, before, cause, common)
             return Step(step.state, step.outputs, ["review_confirmed"] + step.events)
         voids = (decision.kind, decision.verdict) in (("appeal", "granted"), ("review", "rejected"))
         if decision.kind == "appeal" and (strike is None or strike.voided):

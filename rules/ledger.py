@@ -125,6 +125,14 @@ CODECS = {
 }
 
 
+def active_points(strikes: tuple[Strike, ...], categories: tuple[str, ...], at_ms: int) -> int:
+    """Points of the strikes of `categories` active at at_ms: of a strikes tuple not yet in a state
+    (an enforcement counts its own new strike before it copies the state)."""
+    # Strike.active_at inlined: this runs on every enforced alert, over every strike.
+    return sum(s.points for s in strikes
+               if s.category in categories and not s.voided and s.event_time_ms <= at_ms < s.expires_at_ms)
+
+
 def incident_slot(stream_id: str, violation_type: str, start_ms: int, window_ms: int) -> str:
     """Where an incident lives in `incidents`. Two incidents of one stream and type start at
     least a window apart (the later one would have joined the earlier), so a window-wide slot
@@ -167,6 +175,11 @@ class UserState:
     def remember_all(self, entries: tuple[tuple[str, str, Any, int, int], ...], **also: Any) -> UserState:
         """remember() of each (map_name, key, value, due_ms, queue) in order, in one copy (a new
         incident and its alert's id: one copy of the state and of the expiry changes, not two)."""
+        return self.with_(**self.remembered(entries, **also))
+
+    def remembered(self, entries: tuple[tuple[str, str, Any, int, int], ...], **also: Any) -> dict[str, Any]:
+        """The fields remember_all() changes (with `also`), not yet copied into a state: for a step
+        that has more to change and copies the state once at its end (rules/core.py)."""
         dedupe, review = self.queues
         expiry = self.expiry.changes.copy()
         touched: dict[str, Layered] = {}
@@ -182,7 +195,7 @@ class UserState:
         also.update(touched)
         also["expiry"] = Layered(self.expiry.base, expiry)
         also["queues"] = (dedupe, review)
-        return self.with_(**also)
+        return also
 
     def forget_due(self, now_ms: int) -> UserState:
         """Drop the queued entries due at or before now_ms, oldest first. An entry behind a later
@@ -283,9 +296,7 @@ class UserState:
         return facts
 
     def strike_points(self, categories: tuple[str, ...], at_ms: int) -> int:
-        # Strike.active_at inlined: this runs on every enforced alert, over every strike.
-        return sum(s.points for s in self.strikes
-                   if s.category in categories and not s.voided and s.event_time_ms <= at_ms < s.expires_at_ms)
+        return active_points(self.strikes, categories, at_ms)
 
     def summary(self, at_ms: int) -> dict:
         """What the audit trail shows of the ledger (before/after a decision)."""
