@@ -137,8 +137,13 @@ class CachedMap:
             self.forget()
 
 
-def new_map(view: PrefixedView, name: str, complete: bool) -> CachedMap:
-    return CachedMap(view, CODECS[name][1], complete, keep=name not in UNCACHED_MAPS)
+# How each map of a user is cached, in MAP_NAMES order: (name, decode, keep), looked up once.
+_MAP_SPECS = tuple((name, CODECS[name][1], name not in UNCACHED_MAPS) for name in MAP_NAMES)
+
+
+def new_maps(views: dict[str, PrefixedView], complete: bool) -> dict[str, CachedMap]:
+    """The cached maps of one user, nothing known yet (complete: the user has no stored state)."""
+    return {name: CachedMap(views[name], decode, complete, keep) for name, decode, keep in _MAP_SPECS}
 
 
 class CachedUser:
@@ -159,8 +164,9 @@ def clean_views(maps: dict[str, CachedMap]) -> dict[str, Layered]:
     return {name: Layered(cached_map) for name, cached_map in maps.items()}
 
 
-# What store() needs of each map, in MAP_NAMES order: (name, key prefix, value encoder).
-_MAP_WRITES = tuple((name, ENTRY_PREFIX[name], CODECS[name][0]) for name in MAP_NAMES)
+# What store() needs of each map, in MAP_NAMES order: (name, key prefix, value encoder, whether
+# the cache keeps its entries).
+_MAP_WRITES = tuple((name, ENTRY_PREFIX[name], CODECS[name][0], name not in UNCACHED_MAPS) for name in MAP_NAMES)
 
 
 class UserStore:
@@ -187,7 +193,7 @@ class UserStore:
         text = self.entries.get(LEDGER_KEY)
         if text is None and self.legacy is not None:
             text = self._move_legacy()
-        maps = {name: new_map(self.views[name], name, complete=not text) for name in MAP_NAMES}
+        maps = new_maps(self.views, complete=not text)
         cached = CachedUser(UserState.decode(text, maps, self.incident_window_ms), maps)
         if self.max_users > 0:
             self.users[user_id] = cached
@@ -202,7 +208,7 @@ class UserStore:
         maps, views, puts = cached.maps, cached.views, {}
         clean: dict[str, Layered] = {}  # the views to replace: only maps with changes or a stale base
         # The loop of UserState.flush inlined: ~4 entries per alert, each a call less.
-        for name, prefix, encode in _MAP_WRITES:
+        for name, prefix, encode, keep in _MAP_WRITES:
             layered = getattr(state, name)
             changes = layered.changes
             if changes:
@@ -211,7 +217,8 @@ class UserStore:
                         self.entries.remove(prefix + key)
                     else:
                         puts[prefix + key] = encode(value)
-                maps[name].written_all(changes)
+                if keep:  # (an uncached map has nothing to learn)
+                    maps[name].written_all(changes)
                 clean[name] = views[name]
             elif layered.base is not maps[name]:
                 clean[name] = views[name]
@@ -223,8 +230,7 @@ class UserStore:
         """The user has nothing left: delete their state; the cache knows there is none."""
         self.entries.clear()
         cached.state = None
-        for name in MAP_NAMES:
-            cached.maps[name] = new_map(self.views[name], name, complete=True)
+        cached.maps = new_maps(self.views, complete=True)
         cached.views = clean_views(cached.maps)
 
     def _move_legacy(self) -> str | None:

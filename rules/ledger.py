@@ -107,10 +107,6 @@ def _grown(q: ExpiryQueue, due_ms: int) -> ExpiryQueue:
 _compact = compact_json.encoder(named_tuples=True)
 
 
-def _encode_incident(i: Incident) -> str:
-    return _compact(i)  # alert_ids, a tuple, is an array like the rest
-
-
 def _decode_incident(text: str) -> Incident:
     i = json.loads(text)
     return Incident(*i[:6], tuple(i[6]), *i[7:])
@@ -119,7 +115,7 @@ def _decode_incident(text: str) -> Incident:
 # How each map's values are stored (keys are strings as they are): (encode, decode).
 CODECS = {
     "seen": (str, int),
-    "incidents": (_encode_incident, _decode_incident),
+    "incidents": (_compact, _decode_incident),  # an Incident as an array; alert_ids, a tuple, too
     "incident_slots": (str, str),
     "expiry": (_compact, lambda text: tuple(json.loads(text))),
 }
