@@ -203,14 +203,13 @@ class UserStore:
 
     def store(self, cached: CachedUser, state: UserState) -> None:
         """Write the step's changes and the ledger, then keep `state` as a clean view over the
-        cached maps. (A step that started from no state built its maps over empty dicts, which
-        never see the writes.)"""
-        maps, views, puts = cached.maps, cached.views, {}
-        clean: dict[str, Layered] = {}  # the views to replace: only maps with changes or a stale base
+        cached maps: every map becomes the user's view with no changes (a map the step did not
+        change is the same entries either way; a step that started from no state built its maps
+        over empty dicts, which never see the writes)."""
+        maps, puts = cached.maps, {}
         # The loop of UserState.flush inlined: ~4 entries per alert, each a call less.
         for name, prefix, encode, keep in _MAP_WRITES:
-            layered = getattr(state, name)
-            changes = layered.changes
+            changes = getattr(state, name).changes
             if changes:
                 for key, value in changes.items():
                     if value is DELETED:
@@ -219,12 +218,9 @@ class UserStore:
                         puts[prefix + key] = encode(value)
                 if keep:  # (an uncached map has nothing to learn)
                     maps[name].written_all(changes)
-                clean[name] = views[name]
-            elif layered.base is not maps[name]:
-                clean[name] = views[name]
         puts[LEDGER_KEY] = state.encode()
         self.entries.put_all(puts)
-        cached.state = state.with_(**clean)
+        cached.state = state.with_(**cached.views)
 
     def clear(self, cached: CachedUser) -> None:
         """The user has nothing left: delete their state; the cache knows there is none."""
