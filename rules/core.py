@@ -92,7 +92,7 @@ class PenaltyCore:
                 topic=None, partition=None, offset=None, timestamp_ms=None, user_id=alert.user_id,
             )
             return Step(state, [out], ["too_late"])
-        current = state or UserState()
+        current = state or UserState.empty()
         if alert.alert_id in current.seen:
             return Step(state, [], ["duplicate"])
         # The id is remembered with the rest of the step's changes, which are collected (`changes`:
@@ -317,7 +317,7 @@ class PenaltyCore:
             return Step(left, [], events, replaces=left is not None)
         t = decision.event_time_ms
         cause = f"{decision.kind}:{decision.decision_id}"
-        current = state or UserState()
+        current = state or UserState.empty()
         strike = next((s for s in current.strikes if s.incident_id == decision.incident_id), None)
         incident = current.incident_by_id(decision.incident_id)
 

@@ -262,6 +262,13 @@ class UserState:
         return self.flush(write)
 
     # ------------------------------------------------------------- standing
+    @staticmethod
+    def empty() -> UserState:
+        """UserState(), made as a copy of one empty state with maps of its own: the generated
+        __init__ of a frozen dataclass sets each field through object.__setattr__, and every
+        alert of a user new to the operator starts from an empty state."""
+        return _EMPTY.with_(seen=Layered(), incidents=Layered(), incident_slots=Layered(), expiry=Layered())
+
     def is_empty_at(self, now_ms: int) -> bool:
         return (
             not self.banned
@@ -386,3 +393,4 @@ class UserState:
 
 
 _USER_STATE_FIELDS = frozenset(f.name for f in fields(UserState))
+_EMPTY = UserState()  # what empty() copies; never handed out (its maps' bases are its own)
