@@ -252,15 +252,15 @@ def apply_step(users: UserStore, cached: CachedUser, step) -> tuple[int | None, 
     """Keep what a core step (rules.core.Step) left of the user: store its state, or clear the user
     when nothing is left. Returns the user's timer before and after the step (None: no timer): the
     one timer per user moves when they differ."""
-    old_wake = cached.wake
-    if step.state is cached.state:  # a retry, nothing changed
+    old_wake, state = cached.wake, step.state
+    if state is cached.state:  # a retry, nothing changed
         return old_wake, old_wake
-    if step.state is None or step.replaces:
+    if state is None or step.replaces:
         users.clear(cached)
-    if step.state is None:
+    if state is None:
         new_wake = None
     else:
-        users.store(cached, step.state)
-        new_wake = step.state.next_wake_ms()
+        users.store(cached, state)
+        new_wake = state.next_wake_ms()
     cached.wake = new_wake
     return old_wake, new_wake

@@ -93,52 +93,57 @@ class PenaltyCore:
             )
             return Step(state, [out], ["too_late"])
         current = state or UserState.empty()
-        if alert.alert_id in current.seen:
+        # Fields read more than once, read once: each read of a NamedTuple's field is a lookup.
+        alert_id, violation_type, confidence = alert.alert_id, alert.violation_type, alert.confidence
+        if alert_id in current.seen:
             return Step(state, [], ["duplicate"])
         # The id is remembered with the rest of the step's changes, which are collected (`changes`:
         # field -> new value) and copied into the state once, at the end of the step: looking for
         # the incident does not read `seen`, deciding reads only the ledger's standing and strikes.
-        seen = ("seen", alert.alert_id, t + horizon, t + horizon, DEDUPE_QUEUE)
+        seen = ("seen", alert_id, t + horizon, t + horizon, DEDUPE_QUEUE)
 
-        category = self.policy.category_for(alert.violation_type)
-        band = category.band_for(alert.confidence) if category else self.policy.unknown_types
+        category = self.policy.category_for(violation_type)
+        band = category.band_for(confidence) if category else self.policy.unknown_types
         if guarded and band.decision == "enforce":
             band = self.guard_bands[category.name]
         incident, slot = self._open_incident(current, alert)
         if incident is None:
+            stream_id, decision = alert.stream_id, band.decision
+            incident_id = records.incident_id(alert.user_id, stream_id, violation_type, alert_id)
+            retain_until_ms = t + self.config.incident_window_ms + max(
+                horizon, self.config.review_retention_ms if decision == "review" else 0)
             incident = Incident(
-                incident_id=records.incident_id(alert.user_id, alert.stream_id, alert.violation_type, alert.alert_id),
-                stream_id=alert.stream_id,
-                violation_type=alert.violation_type,
+                incident_id=incident_id,
+                stream_id=stream_id,
+                violation_type=violation_type,
                 start_ms=t,
-                decision=band.decision,
+                decision=decision,
                 rule_id=band.id,
-                alert_ids=(alert.alert_id,),
-                max_confidence=alert.confidence,
-                retain_until_ms=t + self.config.incident_window_ms
-                + max(horizon, self.config.review_retention_ms if band.decision == "review" else 0),
+                alert_ids=(alert_id,),
+                max_confidence=confidence,
+                retain_until_ms=retain_until_ms,
                 seq=current.incident_seq,
             )
-            queue = REVIEW_QUEUE if band.decision == "review" else DEDUPE_QUEUE
+            queue = REVIEW_QUEUE if decision == "review" else DEDUPE_QUEUE
             changes = current.remembered(
-                (seen, ("incidents", slot, incident, incident.retain_until_ms, queue)),
-                incident_slots=current.incident_slots.set(incident.incident_id, slot),
+                (seen, ("incidents", slot, incident, retain_until_ms, queue)),
+                incident_slots=current.incident_slots.set(incident_id, slot),
                 incident_seq=current.incident_seq + 1,
             )
             return self._decide(current, changes, alert, incident, category, band, cause="alert")
 
         merged = incident._replace(
-            alert_ids=incident.alert_ids + (alert.alert_id,),
-            max_confidence=max(incident.max_confidence, alert.confidence),
+            alert_ids=incident.alert_ids + (alert_id,),
+            max_confidence=max(incident.max_confidence, confidence),
         )
         if DECISION_RANK[band.decision] <= DECISION_RANK[incident.decision]:
             current = current.remember(*seen, incidents=current.incidents.set(slot, merged))
             out = records.audit(
-                kind="merge", user_id=alert.user_id, cause=alert.alert_id, event_time_ms=t,
+                kind="merge", user_id=alert.user_id, cause=alert_id, event_time_ms=t,
                 outcome="merged", rule_id=incident.rule_id, policy_name=self.policy.name,
                 policy_version=self.policy.version, incident_id=incident.incident_id,
                 alert_ids=list(merged.alert_ids),
-                detail={"detector_id": alert.detector_id, "confidence": alert.confidence,
+                detail={"detector_id": alert.detector_id, "confidence": confidence,
                         "incident_decision": incident.decision},
             )
             return Step(current, [out], ["merged"])
@@ -266,7 +271,8 @@ class PenaltyCore:
         """The enforcement records of a rule's actions, and the standing they change (fields of
         the state: user_version, banned, suspended_until_ms, sanction_incident), for the caller to
         copy into the state with the rest of its step's changes."""
-        t = alert.event_time_ms
+        t, user_id, stream_id, violation_type = alert.event_time_ms, alert.user_id, alert.stream_id, alert.violation_type
+        incident_id = incident.incident_id
         outputs = []
         version, suspended_until_ms, standing = state.user_version, state.suspended_until_ms, {}
         for action in actions:
@@ -275,12 +281,12 @@ class PenaltyCore:
             if action.kind == "suspend":
                 # A suspension only ever extends to the later end.
                 until_ms = suspended_until_ms = max(suspended_until_ms, t + (action.duration_ms or 0))
-                standing.update(suspended_until_ms=until_ms, sanction_incident=incident.incident_id)
+                standing.update(suspended_until_ms=until_ms, sanction_incident=incident_id)
             elif action.kind == "ban":
-                standing.update(banned=True, sanction_incident=incident.incident_id)
+                standing.update(banned=True, sanction_incident=incident_id)
             outputs.append(records.enforcement(
-                user_id=alert.user_id, stream_id=alert.stream_id, action=action.kind, until_ms=until_ms,
-                incident_id=incident.incident_id, violation_type=alert.violation_type, rule_id=rule_id,
+                user_id=user_id, stream_id=stream_id, action=action.kind, until_ms=until_ms,
+                incident_id=incident_id, violation_type=violation_type, rule_id=rule_id,
                 policy_name=self.policy.name, policy_version=self.policy.version, user_version=version,
                 event_time_ms=t, active_strikes=points, cause=cause_id,
             ))
@@ -293,12 +299,14 @@ class PenaltyCore:
             return []
         actions = [{"action": o.record["action"], "until_ms": o.record["until_ms"]} for o in enforcement]
         penalty_ids = [o.record["penalty_id"] for o in enforcement]
+        user_id, incident_id, violation_type, t = (alert.user_id, incident.incident_id, alert.violation_type,
+                                                   alert.event_time_ms)
         return [
             records.notification(
-                user_id=alert.user_id, recipient_role="streamer", recipient_id=alert.user_id, channel=channel,
-                topic="penalty", incident_id=incident.incident_id, violation_type=alert.violation_type,
+                user_id=user_id, recipient_role="streamer", recipient_id=user_id, channel=channel,
+                topic="penalty", incident_id=incident_id, violation_type=violation_type,
                 actions=actions, penalty_ids=penalty_ids, appealable=appealable,
-                event_time_ms=alert.event_time_ms, rule_id=rule_id,
+                event_time_ms=t, rule_id=rule_id,
             )
             for channel in ("in_app", "email")
         ]
