@@ -70,6 +70,8 @@ def main(argv=None) -> int:
                        help="the job's bundle flush threshold, records over all key groups (default: the job's)")
         p.add_argument("--bundle-ms", type=int, default=None,
                        help="the job's longest wait before a bundle flush (default: the job's)")
+        p.add_argument("--state-cache-users", type=int, default=None,
+                       help="users per subtask the job keeps decoded in memory (default: the job's)")
         p.add_argument("--rules", default=None,
                        help="the job's rule file (default: the job's), e.g. one without a detector_guard "
                             "section to time the job without its guard stage")

@@ -287,7 +287,7 @@ def passthrough_flags(args) -> list[str]:
             flags += [flag, item]
     if getattr(args, "rules", None):
         flags += ["--rules", os.path.abspath(args.rules)]
-    for flag in ("fetch_backoff_ms", "bundle_records", "bundle_ms"):
+    for flag in ("fetch_backoff_ms", "bundle_records", "bundle_ms", "state_cache_users"):
         if getattr(args, flag, None) is not None:
             flags += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return flags

@@ -227,6 +227,7 @@ def measure_latency(args) -> dict:
         "benchmark": "latency", "delivery": args.delivery, "rate_per_s": args.rate, "seconds": args.seconds,
         "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf, "rules": args.rules,
         "bundle_records": args.bundle_records, "bundle_ms": args.bundle_ms,
+        "state_cache_users": args.state_cache_users,
         "source_properties": args.source_property, "sink_properties": args.sink_property, "parallelism": args.parallelism,
         "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
         "warmup_s": args.warmup_s, "sent": len(sent_at), "seen": len(latencies) + len(warmup),

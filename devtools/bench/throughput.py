@@ -192,6 +192,7 @@ def measure_throughput(args) -> dict:
             "deployment": "mini-cluster" if args.mini_cluster else f"standalone, {args.parallelism} TaskManagers x 1 slot",
             "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf,
             "cluster_conf": args.cluster_conf, "bundle_records": args.bundle_records, "bundle_ms": args.bundle_ms,
+            "state_cache_users": args.state_cache_users,
             "rules": args.rules,
             "source_properties": args.source_property, "sink_properties": args.sink_property, "cpus": os.cpu_count(),
             "completed": done, "input_committed": committed, "input_end": end,
