@@ -189,15 +189,18 @@ BUNDLE_TYPE = Types.PRIMITIVE_ARRAY(Types.BYTE())  # one bundle of raw records (
 
 
 def bundled_by_shard(raw: DataStream, name: str, uid: str, topics: list[str], max_parallelism: int,
-                     bundle_records: int, bundle_ms: int, parallelism: int | None = None) -> KeyedStream:
+                     operator_parallelism: int, bundle_records: int, bundle_ms: int,
+                     parallelism: int | None = None) -> KeyedStream:
     """Raw records packed into bundles in the JVM (ShardBundler, chained to the source), one per
-    key group of the payload's user id, and keyed by that key group's shard key: the keyed Python
-    operator behind it is entered once per bundle and reads each user's own keyed state, which
-    lives in that same key group. `topics` are indexed by the bundle's topic byte."""
+    subtask of the keyed Python operator behind it (`operator_parallelism` subtasks over
+    `max_parallelism` key groups), keyed by a shard key in the first key group that subtask owns:
+    the operator is entered once per bundle and reads each user's own keyed state, which lives in a
+    key group the same subtask owns. `topics` are indexed by the bundle's topic byte; `parallelism`
+    is the bundler's own (default: the environment's)."""
     gateway = get_gateway()
     bundled_type = Types.ROW([Types.STRING(), BUNDLE_TYPE])
-    bundler = _new("penalty.connectors.ShardBundler", _string_array(topics), max_parallelism, bundle_records,
-                   bundle_ms)
+    bundler = _new("penalty.connectors.ShardBundler", _string_array(topics), max_parallelism, operator_parallelism,
+                   bundle_records, bundle_ms)
     j_bundled = raw._j_data_stream.transform(name, bundled_type.get_java_type_info(), bundler)
     j_bundled.uid(uid)
     if parallelism is not None:

@@ -52,17 +52,18 @@ class JobConfig:
     delivery: str = "exactly_once"  # or at_least_once: lower latency, consumers dedupe by id
     starting_offsets: str = "committed"  # committed (falls back to earliest) | earliest | latest
     bounded: bool = False  # stop at the offsets that are latest at start (tests, replays)
+    # The job's parallelism, and the keyed operator's: its bundles are cut for it (the operator
+    # refuses to run at another).
     parallelism: int = 2
     # The keyed operator's number of key groups: fixed for the life of the job's state (a savepoint
     # restores only at the same value), and the most subtasks it can scale to. 128 is what Flink
     # chose by itself for jobs before it was pinned, so their savepoints restore.
     max_parallelism: int = 128
-    # Records enter the Python operator in bundles (one per key group of their users), flushed at
-    # this many buffered records (over all 128 key groups: 2,000 gave bundles of ~12 records in a
-    # backlog) or this long after the first, and always before a checkpoint. 16,000 / 100 ms cut
-    # the job's CPU per alert by a quarter (300k alerts: 0.422 -> 0.314 ms) and p99 at 2,000/s
-    # (7.8 -> 5.8 s); at 200/s p99 was 0.53 s: under exactly-once the checkpoint, not the flush,
-    # decides when an output is visible (docs/performance.md).
+    # Records enter the Python operator in bundles (one per operator subtask, of the users whose
+    # key groups it owns), flushed at this many buffered records (over all subtasks) or this long
+    # after the first, and always before a checkpoint. Under exactly-once the checkpoint, not the
+    # flush, decides when an output is visible; the flush bounds at-least-once latency
+    # (docs/performance.md).
     bundle_records: int = 16000
     bundle_ms: int = 100
     # After a fetch that brought nothing, the source's consumer asks again after this long

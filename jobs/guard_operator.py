@@ -1,7 +1,7 @@
 """The detector guard stage: a thin adapter around rules/guard.py, one Python operator at
 parallelism 1 ahead of the users' key, because a detector's counts span every user.
 
-It receives every input record, in arrival order, in bundles of one key group (the JVM's
+It receives every input record, in arrival order, in bundles for its one subtask (the JVM's
 ShardBundler cut for a single key group, so a bundle keeps the order records arrived in), parses
 each alert as the decision operator will (connectors/alerts.py, the same limits), lets the guard
 count it, and passes the bundle on with:
@@ -13,7 +13,7 @@ count it, and passes the bundle on with:
   operator adds to its own outputs (so they reach the one router and sink like any output).
 
 Then the JVM splits the bundle into records again (BundleSplitter) and bundles them by the users'
-key groups for the decision operator. The guard's counts live in keyed state under the one shard
+subtasks for the decision operator. The guard's counts live in keyed state under the one shard
 key this operator ever sees: a string map, written per bundle for the detectors that changed.
 """
 

@@ -3,11 +3,12 @@ parse it (alert or moderator decision), load the user's state, call the core, st
 one timer the core asks for, and collect what it returned. No decision logic lives here.
 
 Records arrive in bundles (connectors/bundles.py), packed in the JVM by ShardBundler: one bundle
-per key group of its users, keyed by that key group's shard key, so Python is entered once per
-bundle and answers with one array of outputs per bundle. Each user's state and timer stay keyed by
-the user id, as before bundling (savepoints restore unchanged): the operator points the keyed
-backend at each record's user (`KeySwitch`), which is legal because every user of a bundle is in
-the bundle's key group, one this subtask owns.
+per subtask of this operator, of the users whose key groups that subtask owns, keyed by a shard key
+in the first of them, so Python is entered once per bundle and answers with one array of outputs
+per bundle. Each user's state and timer stay keyed by the user id, as before bundling (savepoints
+restore unchanged): the operator points the keyed backend at each record's user (`KeySwitch`),
+which is legal because every user of a bundle is in a key group this subtask owns (the bundler is
+built for the operator's parallelism and max parallelism; open() checks both).
 """
 
 from __future__ import annotations
@@ -107,9 +108,17 @@ def max_parallelism_of(runtime_context) -> int:
     return runtime_context.get_max_number_of_parallel_subtasks()
 
 
+def parallelism_of(runtime_context) -> int:
+    """The operator's number of subtasks (as max_parallelism_of: the method moved to TaskInfo)."""
+    java = getattr(runtime_context, "_runtime_context", None)
+    if java is not None:
+        return java.getTaskInfo().getNumberOfParallelSubtasks()
+    return runtime_context.get_number_of_parallel_subtasks()
+
+
 class KeySwitch:
     """Points the keyed state backend (state and timers) at one user: Row(user_id), the key Flink's
-    own key-by gave each user before bundling. Only for users of the bundle's key group."""
+    own key-by gave each user before bundling. Only for users of a key group this subtask owns."""
 
     def __init__(self, backend):
         from pemja import findClass  # the thread-mode bridge into the TaskManager's JVM
@@ -145,7 +154,7 @@ class PenaltyFunction(KeyedProcessFunction):
     def __init__(self, policy_bytes: bytes, policy_file: str, core_config: CoreConfig, topics: tuple[str, str],
                  max_payload_bytes: int, max_future_skew_ms: int,
                  shadow_bytes: bytes | None = None, shadow_file: str | None = None, state_cache_users: int = 0,
-                 max_parallelism: int | None = None):
+                 max_parallelism: int | None = None, parallelism: int | None = None):
         self.policy_bytes = policy_bytes
         self.policy_file = policy_file
         self.core_config = core_config
@@ -156,6 +165,7 @@ class PenaltyFunction(KeyedProcessFunction):
         self.shadow_file = shadow_file
         self.state_cache_users = state_cache_users
         self.max_parallelism = max_parallelism
+        self.parallelism = parallelism
 
     def open(self, runtime_context: RuntimeContext):
         running = max_parallelism_of(runtime_context) if self.max_parallelism is not None else None
@@ -164,6 +174,13 @@ class PenaltyFunction(KeyedProcessFunction):
                 f"the operator runs with max parallelism {running} but "
                 f"its bundles were cut for {self.max_parallelism}: set pipeline.max-parallelism and --max-parallelism "
                 "to the same value (the savepoint's)")
+        running = parallelism_of(runtime_context) if self.parallelism is not None else None
+        if running != self.parallelism:
+            # A bundle holds the users of every key group one subtask owns at the parallelism it
+            # was cut for: at another, some of them belong to another subtask.
+            raise RuntimeError(
+                f"the operator runs at parallelism {running} but its bundles were cut for {self.parallelism}: "
+                "run the job with --parallelism set to the parallelism it runs at")
         policy = parse_policy(self.policy_bytes, self.policy_file)
         self.core = PenaltyCore(policy, self.core_config)
         self.shadow = None

@@ -4,8 +4,8 @@
       [--detector guard (with a detector_guard in the policy: one Python operator at parallelism 1
         over bundles of every record in arrival order; marks the alerts of tripped detectors and
         adds its trip/release records) --split into records again (in the JVM)-->]
-      --bundle by shard (in the JVM: one bundle per key group of the users, keyed by that group's
-        shard key)--> penalty decisions (one Python operator, entered once per bundle: per record,
+      --bundle by shard (in the JVM: one bundle per subtask of the decision operator, of the users
+        whose key groups it owns, keyed by a shard key in the first of them)--> penalty decisions (one Python operator, entered once per bundle: per record,
                       under the user's own key, parse and validate, dedupe, incidents, ledger,
                       rules, appeals and review verdicts; one array of outputs per bundle)
           --> route outputs (in the JVM: Row(kind, key, value) records, metric events to counters)
@@ -56,7 +56,7 @@ def guard_stage(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_
     marked, plus the guard's own outputs (jobs/guard_operator.py): one bundle of every record at a
     time into one Python operator at parallelism 1 (a detector's counts span all users), split
     again in the JVM."""
-    keyed = kafka.bundled_by_shard(raw, "bundle for the guard", UIDS["guard_bundle"], list(topics), 1,
+    keyed = kafka.bundled_by_shard(raw, "bundle for the guard", UIDS["guard_bundle"], list(topics), 1, 1,
                                    config.bundle_records, config.bundle_ms, parallelism=1)
     guarded = (
         keyed.process(GuardFunction(policy_bytes, policy_file, topics, config.max_payload_bytes,
@@ -80,10 +80,12 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
         bundle_topics, bundle_parallelism = [*topics, *GUARD_MARKERS], 1
     decided = (
         kafka.bundled_by_shard(raw, "bundle by shard", UIDS["bundle"], bundle_topics, config.max_parallelism,
-                               config.bundle_records, config.bundle_ms, parallelism=bundle_parallelism)
+                               config.parallelism, config.bundle_records, config.bundle_ms,
+                               parallelism=bundle_parallelism)
         .process(PenaltyFunction(policy_bytes, policy_file, core_config, topics,
                                  config.max_payload_bytes, config.max_future_skew_ms, *(shadow or (None, None)),
-                                 state_cache_users=config.state_cache_users, max_parallelism=config.max_parallelism),
+                                 state_cache_users=config.state_cache_users, max_parallelism=config.max_parallelism,
+                                 parallelism=config.parallelism),
                  output_type=OUTPUT_TYPE)
         .uid(UIDS["penalty"]).name("penalty decisions")
     )

@@ -77,3 +77,41 @@ def test_a_bad_record_in_a_bundle_goes_to_the_dlq_and_the_others_are_decided(ope
     assert counts["alerts_rejected.not_json"] == 1 and counts["alerts_rejected.schema"] == 1
     for user in ("u-0", "u-1", "u-2"):
         assert operator.users.load(user).state is not None
+
+
+class TaskInfoContext(FakeContext):
+    """A runtime context that answers like the JVM's: the operator's subtasks and key groups."""
+
+    def __init__(self, parallelism: int, max_parallelism: int):
+        super().__init__()
+
+        class TaskInfo:
+            def getNumberOfParallelSubtasks(self):
+                return parallelism
+
+            def getMaxNumberOfParallelSubtasks(self):
+                return max_parallelism
+
+        class Java:
+            def getTaskInfo(self):
+                return TaskInfo()
+
+        self._runtime_context = Java()
+
+
+@pytest.mark.parametrize(("running", "message"), [
+    ((2, 128), None),
+    ((3, 128), "runs at parallelism 3 but its bundles were cut for 2"),
+    ((2, 256), "runs with max parallelism 256 but its bundles were cut for 128"),
+])
+def test_the_operator_refuses_bundles_cut_for_another_layout(running, message):
+    # A bundle holds the users of every key group one subtask owns: at another parallelism some of
+    # them belong to another subtask, and deciding them here would write state that is not ours.
+    operator = PenaltyFunction(DEFAULT_RULES.read_bytes(), DEFAULT_RULES.name, CoreConfig(), ("alerts", "decisions"),
+                               65_536, 300_000, max_parallelism=128, parallelism=2)
+    ctx = TaskInfoContext(*running)
+    if message is None:
+        operator.open(ctx)
+        return
+    with pytest.raises(RuntimeError, match=message):
+        operator.open(ctx)

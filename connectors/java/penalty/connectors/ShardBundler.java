@@ -16,12 +16,19 @@ import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 
 /**
- * Packs raw records (see {@link AlertRecordDeserializer}) into bundles, one per key group of the
- * payload's user id, so the keyed Python operator behind it is entered once per bundle instead of
- * once per record. Emits Row(shard key, bundle bytes): the shard key is a fixed string that Flink
- * assigns to the same key group as every user in the bundle, so the Python operator can read and
- * write each user's own keyed state (keyed by user id, as before) inside that key group, and
- * rescaling moves users with their key groups as it always did.
+ * Packs raw records (see {@link AlertRecordDeserializer}) into bundles, one per subtask of the keyed
+ * Python operator behind it (the subtask that owns the key group of the payload's user id), so that
+ * operator is entered once per bundle instead of once per record. Emits Row(shard key, bundle
+ * bytes): the shard key is a fixed string that Flink assigns to the first key group of that
+ * subtask's range, so the bundle reaches the subtask that owns every user in it, and the Python
+ * operator reads and writes each user's own keyed state (keyed by user id, as before) in the user's
+ * own key group. Rescaling moves users with their key groups as it always did; the bundler is
+ * built for the operator's parallelism, which the operator checks when it opens.
+ *
+ * <p>One bundle per subtask rather than per key group: with 128 key groups over 2 subtasks, a
+ * bundle per key group held ~2-5 records at the rates a flush every 100 ms or checkpoint sees, and
+ * the operator's fixed cost per bundle (the call into Python, its state writes' flush, the output
+ * conversion) was paid that often.
  *
  * <p>A bundle never spans a checkpoint and needs no state: everything buffered is emitted in
  * {@link #prepareSnapshotPreBarrier}, ahead of the barrier. It is flushed when the buffered records
@@ -41,9 +48,11 @@ public class ShardBundler extends AbstractStreamOperator<Row>
 
     private final String[] topics;
     private final int maxParallelism;
+    private final int parallelism;
     private final int maxRecords;
     private final long maxDelayMs;
 
+    private transient int[] subtaskOfGroup;
     private transient String[] shardKeys;
     private transient ByteBuffer[] buffers;
     private transient int[] counts;
@@ -57,15 +66,18 @@ public class ShardBundler extends AbstractStreamOperator<Row>
     /**
      * @param topics the input topics, in the order the Python side indexes them
      * @param maxParallelism the keyed operator's max parallelism (its number of key groups)
-     * @param maxRecords flush when this many records are buffered (over all key groups)
+     * @param parallelism the keyed operator's parallelism (its number of subtasks)
+     * @param maxRecords flush when this many records are buffered (over all subtasks)
      * @param maxDelayMs flush at the latest this long after the first buffered record
      */
-    public ShardBundler(String[] topics, int maxParallelism, int maxRecords, long maxDelayMs) {
-        if (maxParallelism < 1 || maxRecords < 1 || maxDelayMs < 0) {
-            throw new IllegalArgumentException("bundles need maxParallelism >= 1, maxRecords >= 1, maxDelayMs >= 0");
+    public ShardBundler(String[] topics, int maxParallelism, int parallelism, int maxRecords, long maxDelayMs) {
+        if (maxParallelism < 1 || parallelism < 1 || parallelism > maxParallelism || maxRecords < 1 || maxDelayMs < 0) {
+            throw new IllegalArgumentException("bundles need 1 <= parallelism <= maxParallelism, maxRecords >= 1, "
+                    + "maxDelayMs >= 0");
         }
         this.topics = topics.clone();
         this.maxParallelism = maxParallelism;
+        this.parallelism = parallelism;
         this.maxRecords = maxRecords;
         this.maxDelayMs = maxDelayMs;
     }
@@ -97,9 +109,19 @@ public class ShardBundler extends AbstractStreamOperator<Row>
     @Override
     public void open() throws Exception {
         super.open();
-        shardKeys = shardKeys(maxParallelism);
-        buffers = new ByteBuffer[maxParallelism];
-        counts = new int[maxParallelism];
+        String[] groupKeys = shardKeys(maxParallelism);
+        subtaskOfGroup = new int[maxParallelism];
+        for (int group = 0; group < maxParallelism; group++) {
+            subtaskOfGroup[group] =
+                    KeyGroupRangeAssignment.computeOperatorIndexForKeyGroup(maxParallelism, parallelism, group);
+        }
+        shardKeys = new String[parallelism];
+        for (int subtask = 0; subtask < parallelism; subtask++) {
+            shardKeys[subtask] = groupKeys[KeyGroupRangeAssignment
+                    .computeKeyGroupRangeForOperatorIndex(maxParallelism, parallelism, subtask).getStartKeyGroup()];
+        }
+        buffers = new ByteBuffer[parallelism];
+        counts = new int[parallelism];
         keys = new UserKeyExtractor();
         bundlesOut = getMetricGroup().counter("bundles");
         bundleRecords = new DescriptiveStatisticsHistogram(1024);
@@ -112,8 +134,8 @@ public class ShardBundler extends AbstractStreamOperator<Row>
         byte[] payload = (byte[]) raw.getField(4);
         String user = keys.userOf(payload);
         byte[] userBytes = user.getBytes(StandardCharsets.UTF_8);
-        int group = keyGroupOf(user, maxParallelism);
-        ByteBuffer buffer = ensure(group, HEADER_BYTES + userBytes.length + payload.length);
+        int subtask = subtaskOfGroup[keyGroupOf(user, maxParallelism)];
+        ByteBuffer buffer = ensure(subtask, HEADER_BYTES + userBytes.length + payload.length);
         buffer.put((byte) topicIndex((String) raw.getField(0)));
         buffer.putInt((Integer) raw.getField(1));
         buffer.putLong((Long) raw.getField(2));
@@ -121,7 +143,7 @@ public class ShardBundler extends AbstractStreamOperator<Row>
         buffer.putInt((Integer) raw.getField(5));
         buffer.putInt(userBytes.length).put(userBytes);
         buffer.putInt(payload.length).put(payload);
-        counts[group]++;
+        counts[subtask]++;
         buffered++;
         if (buffered >= maxRecords) {
             flush();
@@ -146,17 +168,17 @@ public class ShardBundler extends AbstractStreamOperator<Row>
         return -1;
     }
 
-    private ByteBuffer ensure(int group, int more) {
-        ByteBuffer buffer = buffers[group];
+    private ByteBuffer ensure(int subtask, int more) {
+        ByteBuffer buffer = buffers[subtask];
         if (buffer == null) {
             buffer = ByteBuffer.allocate(Math.max(4096, 4 + more));
             buffer.putInt(0);  // the count, written at flush
-            buffers[group] = buffer;
+            buffers[subtask] = buffer;
         } else if (buffer.remaining() < more) {
             ByteBuffer bigger = ByteBuffer.allocate(Math.max(buffer.capacity() * 2, buffer.position() + more));
             buffer.flip();
             bigger.put(buffer);
-            buffers[group] = bigger;
+            buffers[subtask] = bigger;
             buffer = bigger;
         }
         return buffer;
@@ -165,17 +187,17 @@ public class ShardBundler extends AbstractStreamOperator<Row>
     /** Emit every non-empty bundle, then the watermark held meanwhile. */
     private void flush() {
         if (buffered > 0) {
-            for (int group = 0; group < counts.length; group++) {
-                if (counts[group] == 0) {
+            for (int subtask = 0; subtask < counts.length; subtask++) {
+                if (counts[subtask] == 0) {
                     continue;
                 }
-                ByteBuffer buffer = buffers[group];
-                buffer.putInt(0, counts[group]);
+                ByteBuffer buffer = buffers[subtask];
+                buffer.putInt(0, counts[subtask]);
                 byte[] bundle = Arrays.copyOf(buffer.array(), buffer.position());
-                output.collect(new StreamRecord<>(Row.of(shardKeys[group], bundle)));
-                bundleRecords.update(counts[group]);
+                output.collect(new StreamRecord<>(Row.of(shardKeys[subtask], bundle)));
+                bundleRecords.update(counts[subtask]);
                 bundlesOut.inc();
-                counts[group] = 0;
+                counts[subtask] = 0;
                 buffer.clear();
                 buffer.putInt(0);
             }
