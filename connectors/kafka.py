@@ -257,9 +257,9 @@ def output_sink(
         .set_property("transaction.timeout.ms", str(transaction_timeout_ms))
         .set_property("linger.ms", "5")
         # The outputs are JSON (~0.9 KB per alert on the bench mix) and the broker's work follows
-        # their bytes: lz4 batches took the 1M-alert bench from 3,449 to 5,275 alerts/s, broker
-        # CPU 130 -> 78 s (docs/performance.md). lz4-java ships in flink-dist; every consumer of
-        # the outputs (librdkafka, the Java client) reads it.
+        # their bytes: lz4 batches took the broker's CPU over the 1M-alert bench from 115-131 s
+        # to 66-95 s (docs/performance.md). lz4-java ships in flink-dist; every consumer of the
+        # outputs (librdkafka, the Java client) reads it.
         .set_property("compression.type", "lz4")
     )
     if exactly_once:
