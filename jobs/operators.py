@@ -99,21 +99,28 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def max_parallelism_of(runtime_context) -> int:
-    """The operator's number of key groups. (PyFlink 2.0's get_max_number_of_parallel_subtasks
-    calls a Java method that moved to TaskInfo.)"""
+def check_parallelism(runtime_context, parallelism: int | None, max_parallelism: int | None) -> None:
+    """Refuse to run at a parallelism or max parallelism other than the bundles were cut for (None:
+    not checked). A bundle holds the users of every key group one subtask owns at the parallelism
+    it was cut for: at another, some of them belong to another subtask. (PyFlink 2.0's
+    get_number_of_parallel_subtasks and get_max_number_of_parallel_subtasks call Java methods that
+    moved to TaskInfo: read TaskInfo itself.)"""
     java = getattr(runtime_context, "_runtime_context", None)
-    if java is not None:
-        return java.getTaskInfo().getMaxNumberOfParallelSubtasks()
-    return runtime_context.get_max_number_of_parallel_subtasks()
-
-
-def parallelism_of(runtime_context) -> int:
-    """The operator's number of subtasks (as max_parallelism_of: the method moved to TaskInfo)."""
-    java = getattr(runtime_context, "_runtime_context", None)
-    if java is not None:
-        return java.getTaskInfo().getNumberOfParallelSubtasks()
-    return runtime_context.get_number_of_parallel_subtasks()
+    info = java.getTaskInfo() if java is not None else None
+    if max_parallelism is not None:
+        running = (info.getMaxNumberOfParallelSubtasks() if info is not None
+                   else runtime_context.get_max_number_of_parallel_subtasks())
+        if running != max_parallelism:
+            raise RuntimeError(
+                f"the operator runs with max parallelism {running} but its bundles were cut for {max_parallelism}: "
+                "set pipeline.max-parallelism and --max-parallelism to the same value (the savepoint's)")
+    if parallelism is not None:
+        running = (info.getNumberOfParallelSubtasks() if info is not None
+                   else runtime_context.get_number_of_parallel_subtasks())
+        if running != parallelism:
+            raise RuntimeError(
+                f"the operator runs at parallelism {running} but its bundles were cut for {parallelism}: "
+                "run the job with --parallelism set to the parallelism it runs at")
 
 
 class KeySwitch:
@@ -168,19 +175,7 @@ class PenaltyFunction(KeyedProcessFunction):
         self.parallelism = parallelism
 
     def open(self, runtime_context: RuntimeContext):
-        running = max_parallelism_of(runtime_context) if self.max_parallelism is not None else None
-        if running != self.max_parallelism:
-            raise RuntimeError(
-                f"the operator runs with max parallelism {running} but "
-                f"its bundles were cut for {self.max_parallelism}: set pipeline.max-parallelism and --max-parallelism "
-                "to the same value (the savepoint's)")
-        running = parallelism_of(runtime_context) if self.parallelism is not None else None
-        if running != self.parallelism:
-            # A bundle holds the users of every key group one subtask owns at the parallelism it
-            # was cut for: at another, some of them belong to another subtask.
-            raise RuntimeError(
-                f"the operator runs at parallelism {running} but its bundles were cut for {self.parallelism}: "
-                "run the job with --parallelism set to the parallelism it runs at")
+        check_parallelism(runtime_context, self.parallelism, self.max_parallelism)
         policy = parse_policy(self.policy_bytes, self.policy_file)
         self.core = PenaltyCore(policy, self.core_config)
         self.shadow = None

@@ -5,7 +5,8 @@
         over bundles of every record in arrival order; marks the alerts of tripped detectors and
         adds its trip/release records) --split into records again (in the JVM)-->]
       --bundle by shard (in the JVM: one bundle per subtask of the decision operator, of the users
-        whose key groups it owns, keyed by a shard key in the first of them)--> penalty decisions (one Python operator, entered once per bundle: per record,
+        whose key groups it owns, keyed by a shard key in the first of them)-->
+        penalty decisions (one Python operator, entered once per bundle: per record,
                       under the user's own key, parse and validate, dedupe, incidents, ledger,
                       rules, appeals and review verdicts; one array of outputs per bundle)
           --> route outputs (in the JVM: Row(kind, key, value) records, metric events to counters)
