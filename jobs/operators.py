@@ -127,21 +127,23 @@ class KeySwitch:
     """Points the keyed state backend (state and timers) at one user: Row(user_id), the key Flink's
     own key-by gave each user before bundling. Only for users of a key group this subtask owns."""
 
-    def __init__(self, backend):
-        from pemja import findClass  # the thread-mode bridge into the TaskManager's JVM
-
-        self.backend, self.row_class, self.current = backend, findClass("org.apache.flink.types.Row"), None
+    def __init__(self, backend, set_user):
+        self.backend, self.set_user, self.current = backend, set_user, None
 
     @classmethod
     def of(cls, runtime_context) -> KeySwitch:
         # PyFlink keeps the Java keyed state backend behind its Python wrapper; no public accessor.
-        return cls(runtime_context._keyed_state_backend._keyed_state_backend)
+        backend = runtime_context._keyed_state_backend._keyed_state_backend
+        # One call into the JVM per switch (connectors/java UserKeys; making the Row, setting its
+        # field and setting the key from here were three). The class travels in the job's jars, so
+        # it is loaded with the job's class loader and called on an instance.
+        loader = runtime_context._runtime_context.getUserCodeClassLoader()
+        helper = loader.loadClass("penalty.connectors.UserKeys").newInstance()
+        return cls(backend, helper.setCurrentUser)
 
     def switch(self, user_id: str) -> None:
         if user_id != self.current:
-            key = self.row_class.withPositions(1)  # a new Row each time: the backend keeps it
-            key.setField(0, user_id)
-            self.backend.setCurrentKey(key)
+            self.set_user(self.backend, user_id)
             self.current = user_id
 
     def assume(self, user_id: str) -> None:

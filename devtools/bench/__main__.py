@@ -18,8 +18,8 @@ in one process instead, as `make run` does:
     python -m devtools.bench all     both (`make bench`), one JSON summary line.
 
 Both pass `--rules`, `--conf`, `--source-property`, `--sink-property`, `--fetch-backoff-ms`,
-`--bundle-records` and `--bundle-ms` on to the job; `throughput --cluster-conf KEY=VALUE` sets the local cluster itself
-(what a job cannot set), e.g. JVM flags of the TaskManagers for a Java Flight Recorder profile:
+`--bundle-records` and `--bundle-ms` on to the job; `--cluster-conf KEY=VALUE` sets the local
+cluster itself (what a job cannot set), e.g. JVM flags of the TaskManagers for a Java Flight Recorder profile:
 `--cluster-conf "env.java.opts.taskmanager=-XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"`.
 
 Parts of the job alone, with flags of their own:
@@ -85,6 +85,9 @@ def main(argv=None) -> int:
                        help="run the job embedded in one process (`make run`) instead of on a local standalone "
                             "cluster of one-slot TaskManagers")
         p.add_argument("--keep", action="store_true", help="keep broker data, checkpoints and job logs")
+        p.add_argument("--cluster-conf", action="append", default=[], metavar="KEY=VALUE",
+                       help="setting of the local standalone cluster itself (repeatable; not with --mini-cluster), for "
+                            "what the job cannot set: e.g. env.java.opts.taskmanager=-XX:StartFlightRecording=...")
         if name in ("throughput", "all"):
             p.add_argument("--alerts", type=int, default=1_000_000)
             p.add_argument("--users", type=int, default=100_000)
@@ -97,9 +100,6 @@ def main(argv=None) -> int:
                            help="event time between alerts; the input spans alerts x step: beyond the 24 h dedupe "
                                 "horizon the timers that forget seen ids and incidents fire during the run")
             p.add_argument("--timeout-s", type=float, default=3600)
-            p.add_argument("--cluster-conf", action="append", default=[], metavar="KEY=VALUE",
-                           help="setting of the local standalone cluster itself (repeatable; not with --mini-cluster), for "
-                                "what the job cannot set: e.g. env.java.opts.taskmanager=-XX:StartFlightRecording=...")
             p.add_argument("--floor", choices=("python", "python-bundled", "jvm"),
                            help="run the pipeline with a pass-through in place of the penalty operator "
                                 "(devtools/bench/floor_job.py): what the source, exchange, router, sink and broker cost alone")

@@ -6,8 +6,9 @@ access can explain.
 
 For each of `keys` users the operator times `calls` calls of each kind (map put/get/remove of a
 120-character value, put_all of `calls` entries, value update/read of 1.7 KB, get_current_key,
-event-time timer register/delete, current_watermark) and reports the mean per call over the
-second half of the users (the first half warms the JIT). One JSON line and a table.
+event-time timer register/delete, current_watermark, the job operator's switch to another user's
+key) and reports the mean per call over the second half of the users (the first half warms the
+JIT). One JSON line and a table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def build_function(calls: int, keys: int):
             self.value = runtime_context.get_state(ValueStateDescriptor("v", Types.STRING()))
             self.totals: dict[str, list[float]] = {}
             self.seen = 0
+            from jobs.operators import KeySwitch
+
+            self.keys = KeySwitch.of(runtime_context)
 
         def timed(self, name: str, call, count: int) -> None:
             start = time.perf_counter()
@@ -58,6 +62,8 @@ def build_function(calls: int, keys: int):
             self.timed("timer delete", lambda: [timers.delete_event_time_timer(10**12 + i) for i in range(calls)],
                        calls)
             self.timed("current_watermark", lambda: [timers.current_watermark() for _ in names], calls)
+            self.timed("user key switch", lambda: [self.keys.switch(k) for k in names], calls)
+            self.keys.switch(value)  # back to this record's own key
             self.map.clear()
             self.value.clear()
             self.seen += 1
@@ -71,6 +77,7 @@ def measure(backend: str, keys: int, calls: int) -> dict:
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
 
+    from connectors import kafka
     from jobs.flink_env import use_this_interpreter
 
     use_this_interpreter()
@@ -80,6 +87,7 @@ def measure(backend: str, keys: int, calls: int) -> dict:
     conf.set_string("state.backend.type", backend)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(1)
+    env.add_jars(*kafka.jar_urls())  # the job's Java helpers: the operator's user key switch
     users = env.from_collection([f"user-{i:06d}" for i in range(keys)], Types.STRING())
     keyed = users.key_by(lambda user: user, Types.STRING())
     out = keyed.process(build_function(calls, keys), Types.STRING())

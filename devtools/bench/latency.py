@@ -113,7 +113,7 @@ def measure_latency(args) -> dict:
     localstack.create_topics(stack.bootstrap, topics.partitions())
     sent_at: dict[str, float] = {}
     seen_at: dict[str, float] = {}
-    job = JobUnderTest(data, args.parallelism, args.mini_cluster)
+    job = JobUnderTest(data, args.parallelism, args.mini_cluster, args.cluster_conf)
     try:
         group = "bench-latency"
         job_args = ["--bootstrap-servers", stack.bootstrap, "--starting-offsets", "latest", "--delivery", args.delivery,
@@ -225,7 +225,8 @@ def measure_latency(args) -> dict:
     warm = (latencies if args.warmup_s else latencies[int(len(latencies) * 0.1):]) or latencies
     return {
         "benchmark": "latency", "delivery": args.delivery, "rate_per_s": args.rate, "seconds": args.seconds,
-        "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf, "rules": args.rules,
+        "checkpoint_interval_ms": checkpoint_interval_ms(args), "flink_conf": args.conf,
+        "cluster_conf": args.cluster_conf, "rules": args.rules,
         "bundle_records": args.bundle_records, "bundle_ms": args.bundle_ms,
         "state_cache_users": args.state_cache_users,
         "source_properties": args.source_property, "sink_properties": args.sink_property, "parallelism": args.parallelism,
