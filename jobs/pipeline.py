@@ -58,7 +58,7 @@ def guard_stage(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_
     time into one Python operator at parallelism 1 (a detector's counts span all users), split
     again in the JVM."""
     keyed = kafka.bundled_by_shard(raw, "bundle for the guard", UIDS["guard_bundle"], list(topics), 1, 1,
-                                   config.bundle_records, config.bundle_ms, parallelism=1)
+                                   config.bundle_records, config.flush_ms, parallelism=1)
     guarded = (
         keyed.process(GuardFunction(policy_bytes, policy_file, topics, config.max_payload_bytes,
                                     config.max_future_skew_ms), output_type=kafka.BUNDLE_TYPE)
@@ -81,7 +81,7 @@ def decide(raw: DataStream, config: JobConfig, policy_bytes: bytes, policy_file:
         bundle_topics, bundle_parallelism = [*topics, *GUARD_MARKERS], 1
     decided = (
         kafka.bundled_by_shard(raw, "bundle by shard", UIDS["bundle"], bundle_topics, config.max_parallelism,
-                               config.parallelism, config.bundle_records, config.bundle_ms,
+                               config.parallelism, config.bundle_records, config.flush_ms,
                                parallelism=bundle_parallelism)
         .process(PenaltyFunction(policy_bytes, policy_file, core_config, topics,
                                  config.max_payload_bytes, config.max_future_skew_ms, *(shadow or (None, None)),

@@ -86,3 +86,13 @@ def test_the_source_pauses_after_an_empty_fetch_by_default_and_the_flag_sets_or_
     assert parse("--fetch-backoff-ms", "20").fetch_backoff_ms == 20
     with pytest.raises(SystemExit, match="--fetch-backoff-ms 0 or more"):
         parse("--fetch-backoff-ms", "-1")
+
+
+def test_bundles_flush_by_delivery_unless_the_flag_says_how_long():
+    # Exactly-once waits for the checkpoint anyway; at-least-once shows the flush in its latency.
+    assert parse().flush_ms == 100
+    assert parse("--delivery", "at_least_once").flush_ms == 20
+    assert parse("--delivery", "at_least_once", "--bundle-ms", "100").flush_ms == 100
+    assert parse("--bundle-ms", "0").flush_ms == 0
+    with pytest.raises(SystemExit, match="--bundle-ms and --fetch-backoff-ms 0 or more"):
+        parse("--bundle-ms", "-1")

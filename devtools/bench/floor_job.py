@@ -56,7 +56,7 @@ def build(config: job_config.JobConfig, floor: str, embedded: bool = True):
         topics = [config.topics.alerts, config.topics.decisions]
         keyed = kafka.bundled_by_shard(source_stream(env, config), "bundle by shard", UIDS["bundle"], topics,
                                        config.max_parallelism, config.parallelism, config.bundle_records,
-                                       config.bundle_ms)
+                                       config.flush_ms)
         decided = keyed.process(BundledPassThroughFunction(), output_type=OUTPUT_TYPE).uid(UIDS["penalty"]).name(name)
         sink_outputs(kafka.route_outputs(decided, "route outputs", UIDS["route"]), config)
         return env
