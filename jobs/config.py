@@ -95,8 +95,8 @@ class JobConfig:
     @property
     def flush_ms(self) -> int:
         """The bundles' flush time: `bundle_ms`, or by default 100 ms exactly-once (a 250 ms checkpoint
-        flushes them anyway) and 20 ms at-least-once (2,000 alerts/s: p99 0.45 -> 0.23 s with
-        the cluster's flink-conf, docs/performance.md)."""
+        flushes them anyway) and 20 ms at-least-once (2,000 alerts/s: p99 0.45 -> 0.23 s, beside
+        the 10 ms network buffer timeout of jobs/flink_env.py; docs/performance.md)."""
         if self.bundle_ms is not None:
             return self.bundle_ms
         return 100 if self.exactly_once else 20

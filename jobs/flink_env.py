@@ -14,6 +14,7 @@ from jobs.config import REPO_ROOT, JobConfig
 FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
 # The at-least-once delivery's checkpoint interval unless the run sets one (see settings_for).
 ALO_CHECKPOINT_INTERVAL = "5s"
+ALO_BUFFER_TIMEOUT = "10ms"  # and its network buffer timeout (see settings_for)
 # Cluster-only settings that make no sense inside the embedded mini-cluster.
 CLUSTER_ONLY = ("metrics.reporters", "metrics.reporter.", "jobmanager.", "taskmanager.memory.", "rest.", "env.")
 
@@ -67,6 +68,12 @@ def settings_for(config: JobConfig, embedded: bool) -> dict[str, str]:
         # for RocksDB's synchronous snapshot (~70 ms here): every 250 ms that was in most
         # records' way (p95 0.26-0.37 s), every 5 s it is not (p95 0.15-0.16 s).
         settings["execution.checkpointing.interval"] = ALO_CHECKPOINT_INTERVAL
+        # Records between tasks travel in network buffers, sent when full or after this long. The
+        # default 100 ms, paid at each of the job's exchanges (into the guard, into the decisions),
+        # was most of at-least-once latency at steady rates: 2,000 alerts/s, p50 0.46 -> 0.23 s,
+        # p99 0.82 -> 0.45 s at 10 ms. Exactly-once waits for the checkpoint, whose barriers flush
+        # the buffers anyway, and keeps the default.
+        settings["execution.buffer-timeout.interval"] = ALO_BUFFER_TIMEOUT
     settings.update(dict(config.flink_conf))
     return settings
 

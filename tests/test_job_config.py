@@ -25,6 +25,8 @@ def test_exactly_once_keeps_aligned_checkpoints_and_at_least_once_drops_alignmen
     assert ("execution.checkpointing.mode" in exactly_once) == embedded
     assert at_least_once["execution.checkpointing.mode"] == "AT_LEAST_ONCE"
     assert at_least_once["execution.checkpointing.interval"] == "5s"
+    assert at_least_once["execution.buffer-timeout.interval"] == "10ms"
+    assert "execution.buffer-timeout.interval" not in exactly_once
 
 
 def test_explicit_settings_win_over_the_delivery_defaults():
